@@ -1,0 +1,235 @@
+"""MNIST from a folder of IDX files, through torchvision.datasets.MNIST and a DataLoader.
+
+The folder (--data-dir) holds the four IDX files, gzipped or not, named either
+`train-images-idx3-ubyte` or `train-images.idx3-ubyte` (likewise the other three); the
+layout torchvision downloads into, DIR/MNIST/raw/, is searched too. The folder is only
+ever read: .gz files are decompressed in memory, nothing is extracted, so a read-only
+folder such as ../shared/datasets/mnist works. Only when none of the four files is there
+does torchvision download them (into DIR/MNIST/raw/).
+
+Every file is checked before it is trusted (magic number, dimensions, size against the
+header, label range); any problem raises DataError, whose message names the file.
+Memory stays bounded by the real size of the data, whatever a header claims.
+"""
+import gzip
+import os
+import struct
+import zlib
+
+import numpy as np
+import torch
+import torchvision
+from torch.utils.data import DataLoader
+
+IMAGE_SHAPE = (28, 28)
+NUM_CLASSES = 10
+IMAGES_MAGIC = 0x00000803  # IDX: unsigned bytes, 3 dimensions (count, rows, cols)
+LABELS_MAGIC = 0x00000801  # IDX: unsigned bytes, 1 dimension (count)
+SPLIT_FILES = {  # split -> (images file, labels file), as torchvision names them
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+ALL_FILES = [name for pair in SPLIT_FILES.values() for name in pair]
+READ_CHUNK = 1 << 20  # read 1 MiB at a time: never allocate what a header merely claims
+
+
+class DataError(Exception):
+    """A problem with the MNIST files, meant to be shown to the user as one line."""
+
+
+def default_data_dir():
+    """$MNIST_DATA_DIR when set, else ./data."""
+    return os.environ.get("MNIST_DATA_DIR") or "data"
+
+
+# --- Reading one IDX file ------------------------------------------------------------
+
+
+def _describe_magic(magic):
+    known = {IMAGES_MAGIC: "an image file", LABELS_MAGIC: "a label file"}
+    return f"0x{magic:08X} ({known.get(magic, 'not an MNIST IDX file')})"
+
+
+def _read_at_most(stream, limit):
+    """Read up to `limit` bytes in READ_CHUNK pieces (memory follows the data, not `limit`)."""
+    pieces, remaining = [], limit
+    while remaining > 0:
+        piece = stream.read(min(READ_CHUNK, remaining))
+        if not piece:
+            break
+        pieces.append(piece)
+        remaining -= len(piece)
+    return b"".join(pieces)
+
+
+def read_idx(path, magic, item_shape):
+    """Read an unsigned-byte IDX file -> uint8 array (count, *item_shape), fully checked."""
+    ndim = 1 + len(item_shape)
+    header_size = 4 + 4 * ndim
+    try:
+        if os.path.getsize(path) == 0:
+            raise DataError(f"{path}: the file is empty")
+        with open(path, "rb") as raw:
+            stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+            header = _read_at_most(stream, header_size)
+            if len(header) < 4:
+                raise DataError(f"{path}: too short to hold an IDX header ({len(header)} bytes)")
+            (found_magic,) = struct.unpack(">I", header[:4])
+            if found_magic != magic:
+                raise DataError(f"{path}: wrong magic number {_describe_magic(found_magic)}, "
+                                f"expected {_describe_magic(magic)}")
+            if len(header) < header_size:
+                raise DataError(f"{path}: header cut short ({len(header)} of {header_size} bytes)")
+            dims = struct.unpack(f">{ndim}I", header[4:])
+            if dims[0] == 0 or tuple(dims[1:]) != tuple(item_shape):
+                want = "x".join(["N"] + [str(d) for d in item_shape])
+                raise DataError(f"{path}: impossible dimensions {'x'.join(map(str, dims))} "
+                                f"in the header (expected {want} with N >= 1)")
+            payload_size = int(np.prod(dims, dtype=np.int64))
+            if stream is raw:  # an uncompressed file: check its size before reading anything
+                actual = os.path.getsize(path) - header_size
+                if actual != payload_size:
+                    raise DataError(_size_message(path, actual, payload_size))
+            payload = _read_at_most(stream, payload_size + 1)  # one extra byte detects trailing data
+            if len(payload) != payload_size:
+                raise DataError(_size_message(path, len(payload), payload_size))
+    except (gzip.BadGzipFile, zlib.error) as err:
+        raise DataError(f"{path}: not a valid gzip file ({err})") from None
+    except EOFError:
+        raise DataError(f"{path}: the gzip stream is cut short (incomplete download?)") from None
+    except IsADirectoryError:
+        raise DataError(f"{path}: is a folder, not a file") from None
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+    return np.frombuffer(payload, dtype=np.uint8).reshape(dims)
+
+
+def _size_message(path, actual, promised):
+    what = "truncated" if actual < promised else "has trailing bytes"
+    return f"{path}: {what}: {actual} bytes of data after the header, which promises {promised}"
+
+
+def read_images(path):
+    """IDX image file -> uint8 array (N, 28, 28)."""
+    return read_idx(path, IMAGES_MAGIC, IMAGE_SHAPE)
+
+
+def read_labels(path):
+    """IDX label file -> uint8 array (N,), every label checked to be 0-9."""
+    labels = read_idx(path, LABELS_MAGIC, ())
+    if labels.max() >= NUM_CLASSES:
+        bad = int(np.argmax(labels >= NUM_CLASSES))
+        raise DataError(f"{path}: label {labels[bad]} at index {bad} is outside 0-9")
+    return labels
+
+
+# --- Finding the four files ----------------------------------------------------------
+
+
+def _candidates(folder, name):
+    """The names one file may go by: raw first (fastest), then gzipped; both styles."""
+    dotted = name.replace("-idx", ".idx")  # train-images-idx3-ubyte -> train-images.idx3-ubyte
+    for base in (name, dotted):
+        for suffix in ("", ".gz"):
+            yield os.path.join(folder, base + suffix)
+
+
+def find_mnist_files(data_dir):
+    """data_dir -> {torchvision file name: path found}, for the files present (maybe none)."""
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DataError(f"--data-dir {data_dir}: is a file, not a folder")
+    found = {}
+    for folder in (data_dir, os.path.join(data_dir, "MNIST", "raw")):
+        for name in ALL_FILES:
+            if not found.get(name):
+                found[name] = next((p for p in _candidates(folder, name) if os.path.lexists(p)), None)
+    return {name: path for name, path in found.items() if path}
+
+
+def _missing_message(data_dir, reason):
+    names = ", ".join(f"{name}[.gz]" for name in ALL_FILES)
+    return (f"MNIST not found in {data_dir} ({reason}): put the four IDX files {names} "
+            f"there, or point --data-dir (or $MNIST_DATA_DIR) at the folder that holds them")
+
+
+def locate_mnist(data_dir, download=True):
+    """The four files' paths in data_dir; when none is there, let torchvision download them."""
+    found = find_mnist_files(data_dir)
+    if not found and download:
+        created = [d for d in (data_dir, os.path.join(data_dir, "MNIST"),
+                               os.path.join(data_dir, "MNIST", "raw")) if not os.path.exists(d)]
+        try:  # torchvision writes into data_dir/MNIST/raw/ (and leaves the .gz beside the raw files)
+            torchvision.datasets.MNIST(data_dir, train=True, download=True)
+        except Exception as err:  # no network, read-only folder, ...: all end the same way
+            for folder in reversed(created):  # take back the empty folders the attempt made
+                if os.path.isdir(folder) and not os.listdir(folder):
+                    os.rmdir(folder)
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            reason = lines[-1].strip() if lines else type(err).__name__
+            raise DataError(_missing_message(data_dir, f"download failed: {reason}")) from None
+        found = find_mnist_files(data_dir)
+    if not found:
+        raise DataError(_missing_message(data_dir, "no IDX files there"))
+    missing = [name for name in ALL_FILES if name not in found]
+    if missing:
+        raise DataError(f"{os.path.join(data_dir, missing[0])}[.gz]: missing from {data_dir} "
+                        f"(the other MNIST files are there)")
+    return found
+
+
+# --- The dataset and its loader ------------------------------------------------------
+
+
+class MNIST(torchvision.datasets.MNIST):
+    """torchvision's MNIST dataset, read from the files `locate_mnist` found.
+
+    data: uint8 (N, 28, 28) and targets: uint8 (N,), the files' own bytes (torchvision's
+    targets are int64; a byte per label is all the jitted step needs). `limit` keeps
+    the first `limit` images only. Indexing a list of indices (`__getitems__`, which the
+    DataLoader uses) returns a whole batch of raw uint8 tensors: no per-image PIL objects.
+    """
+
+    def __init__(self, files, train=True, limit=None):
+        self._files = files
+        self._limit = limit
+        root = os.path.dirname(files[SPLIT_FILES["train"][0]])
+        super().__init__(root, train=train, download=False)
+
+    def _check_legacy_exist(self):  # never look for torchvision's old processed/*.pt files
+        return False
+
+    def _check_exists(self):
+        return True  # locate_mnist has found the files already
+
+    def _load_data(self):
+        image_name, label_name = SPLIT_FILES["train" if self.train else "test"]
+        images = read_images(self._files[image_name])
+        labels = read_labels(self._files[label_name])
+        if len(images) != len(labels):
+            raise DataError(f"{self._files[label_name]}: {len(labels)} labels for the "
+                            f"{len(images)} images in {self._files[image_name]}")
+        images, labels = images[: self._limit], labels[: self._limit]
+        return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+
+    def __getitems__(self, indices):
+        """A list of B indices -> (images uint8 (B, 28, 28), labels uint8 (B,))."""
+        index = torch.as_tensor(indices)
+        return self.data[index], self.targets[index]
+
+
+def whole_batch(batch):
+    """collate_fn for a dataset that returns whole batches: keep the batch as it is."""
+    return batch
+
+
+def train_loader(dataset, batch_size, seed):
+    """Batches of `dataset` in a fresh order every epoch, drawn from a generator seeded by `seed`."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
+                      collate_fn=whole_batch)
+
+
+def load_mnist(data_dir, train_limit=None):
+    """-> (train MNIST, test MNIST) datasets; raises DataError on any problem with the files."""
+    files = locate_mnist(data_dir)
+    return MNIST(files, train=True, limit=train_limit), MNIST(files, train=False)

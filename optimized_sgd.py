@@ -1,0 +1,146 @@
+"""Momentum, Nesterov, RMSProp and Adam, written from scratch.
+
+Each factory returns an Optimizer (see train_utils.py): pure functions
+init(params) -> state, update(grads, state, params) -> (new_params, new_state) and
+grad_point(params, state), over any params pytree. State is a small NamedTuple whose
+fields are pytrees shaped like params; all the math runs through jax.tree_util.tree_map.
+Every rule is tested step by step against optax in tests/test_optimizers.py.
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from train_utils import Optimizer, at_params, sgd
+
+tree_map = jax.tree_util.tree_map
+
+
+def zeros_like_tree(params):
+    return tree_map(jnp.zeros_like, params)
+
+
+class MomentumState(NamedTuple):
+    velocity: object  # v, shaped like params
+
+
+def momentum(lr, mu=0.9):
+    """Heavy-ball momentum, with lr inside the velocity:
+
+        v <- mu * v + lr * g;   theta <- theta - v          (v starts at 0)
+
+    The same trajectory as optax.sgd(lr, momentum=mu), which keeps v/lr instead.
+    """
+
+    def init(params):
+        return MomentumState(zeros_like_tree(params))
+
+    def update(grads, state, params):
+        velocity = tree_map(lambda v, g: mu * v + lr * g, state.velocity, grads)
+        new_params = tree_map(lambda p, v: p - v, params, velocity)
+        return new_params, MomentumState(velocity)
+
+    return Optimizer(init, update, at_params)
+
+
+def nesterov(lr, mu=0.9):
+    """Nesterov momentum, look-ahead form (Sutskever et al., 2013):
+
+        g = grad J(theta - mu * v);   v <- mu * v + lr * g;   theta <- theta - v
+
+    The gradient is evaluated at the look-ahead point theta - mu * v (grad_point below),
+    not at theta. Writing phi = theta - mu * v turns this into optax's form,
+    optax.sgd(lr, momentum=mu, nesterov=True), whose parameters are phi.
+    """
+
+    def init(params):
+        return MomentumState(zeros_like_tree(params))
+
+    def grad_point(params, state):
+        return tree_map(lambda p, v: p - mu * v, params, state.velocity)
+
+    def update(grads, state, params):
+        velocity = tree_map(lambda v, g: mu * v + lr * g, state.velocity, grads)
+        new_params = tree_map(lambda p, v: p - v, params, velocity)
+        return new_params, MomentumState(velocity)
+
+    return Optimizer(init, update, grad_point)
+
+
+class RMSPropState(NamedTuple):
+    mean_square: object  # s, a moving average of g^2, shaped like params
+
+
+def rmsprop(lr, rho=0.9, eps=1e-8):
+    """RMSProp, eps outside the square root, no bias correction:
+
+        s <- rho * s + (1 - rho) * g^2;   theta <- theta - lr * g / (sqrt(s) + eps)
+
+    (s starts at 0.) Equals optax.rmsprop(lr, decay=rho, eps=eps, eps_in_sqrt=False).
+    Each step moves a weight by about lr whatever the scale of its gradient.
+    """
+
+    def init(params):
+        return RMSPropState(zeros_like_tree(params))
+
+    def update(grads, state, params):
+        mean_square = tree_map(lambda s, g: rho * s + (1 - rho) * g * g, state.mean_square, grads)
+        new_params = tree_map(lambda p, g, s: p - lr * g / (jnp.sqrt(s) + eps),
+                              params, grads, mean_square)
+        return new_params, RMSPropState(mean_square)
+
+    return Optimizer(init, update, at_params)
+
+
+class AdamState(NamedTuple):
+    step: jnp.ndarray  # t, the number of updates made so far (int32 scalar)
+    mean: object  # m, moving average of g
+    mean_square: object  # v, moving average of g^2
+
+
+def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
+    """Adam (Kingma & Ba, 2015), eps outside the square root:
+
+        t <- t + 1   (so the first update has t = 1)
+        m <- beta1 * m + (1 - beta1) * g;      m_hat = m / (1 - beta1^t)
+        v <- beta2 * v + (1 - beta2) * g^2;    v_hat = v / (1 - beta2^t)
+        theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)
+
+    (m, v start at 0.) Equals optax.adam(lr, b1=beta1, b2=beta2, eps=eps).
+    """
+
+    def init(params):
+        return AdamState(jnp.zeros([], jnp.int32), zeros_like_tree(params), zeros_like_tree(params))
+
+    def update(grads, state, params):
+        step = state.step + 1
+        mean = tree_map(lambda m, g: beta1 * m + (1 - beta1) * g, state.mean, grads)
+        mean_square = tree_map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.mean_square, grads)
+        mean_correction = 1 - beta1 ** step.astype(jnp.float32)
+        mean_square_correction = 1 - beta2 ** step.astype(jnp.float32)
+
+        def step_one(p, m, v):
+            m_hat = m / mean_correction
+            v_hat = v / mean_square_correction
+            return p - lr * m_hat / (jnp.sqrt(v_hat) + eps)
+
+        new_params = tree_map(step_one, params, mean, mean_square)
+        return new_params, AdamState(step, mean, mean_square)
+
+    return Optimizer(init, update, at_params)
+
+
+# name -> (factory, the learning rate the README reports for it, its hyperparameter flags)
+OPTIMIZERS = {
+    "sgd": (sgd, 0.01, ()),
+    "momentum": (momentum, 0.01, ("mu",)),
+    "nesterov": (nesterov, 0.01, ("mu",)),
+    "rmsprop": (rmsprop, 0.01, ("rho", "eps")),
+    "adam": (adam, 0.001, ("beta1", "beta2", "eps")),
+}
+
+
+def make_optimizer(name, lr, **hyperparams):
+    """Build optimizer `name` with `lr` and the hyperparameters it takes (others are ignored)."""
+    factory, _, takes = OPTIMIZERS[name]
+    return factory(lr, **{k: v for k, v in hyperparams.items() if k in takes})

@@ -1,0 +1,116 @@
+"""Writing results: the --out folder, atomic files, and the plots (matplotlib, no display).
+
+Every file is written to a temporary name in the same folder and then renamed over the
+final name, so an interrupted or failed run never leaves a half-written file behind.
+"""
+import json
+import os
+import tempfile
+
+import matplotlib
+
+matplotlib.use("Agg")  # draw to files; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+class OutDirError(Exception):
+    """--out cannot be used; the message is one line for the user."""
+
+
+def claim_out_dir(path):
+    """Create --out, or accept it when empty; refuse a folder that already holds files."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise OutDirError(f"--out {path}: is a file, not a folder")
+    if os.path.isdir(path) and os.listdir(path):
+        shown = ", ".join(sorted(os.listdir(path))[:3])
+        raise OutDirError(f"--out {path}: already holds files ({shown}, ...); a run never mixes its "
+                          f"results with another's: choose a new or empty folder")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as err:
+        raise OutDirError(f"--out {path}: cannot be created ({err.strerror or err})") from None
+
+
+def _atomic_write(path, write):
+    """Call write(file object) on a temporary file beside `path`, then rename it to `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def write_text(path, text):
+    _atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def write_json(path, obj):
+    write_text(path, json.dumps(obj, indent=2) + "\n")
+
+
+def save_figure(fig, path):
+    """Save a matplotlib figure as PNG atomically, then close it."""
+    try:
+        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+# --- Plots of one run ----------------------------------------------------------------
+
+
+def plot_run_curves(records, title, path):
+    """Training loss and train/test accuracy against epoch, for one run's records."""
+    epochs = [r["epoch"] for r in records]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o")
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log")
+    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in records], marker="o", label="train")
+    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label="test")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
+    ax_acc.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def confusion_matrix(true, predicted, num_classes=10):
+    """(N,), (N,) int -> counts (num_classes, num_classes), rows true, columns predicted."""
+    counts = np.zeros((num_classes, num_classes), dtype=np.int64)
+    np.add.at(counts, (true, predicted), 1)
+    return counts
+
+
+def plot_confusion(true, predicted, title, path):
+    counts = confusion_matrix(true, predicted)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.imshow(np.log1p(counts), cmap="Blues")
+    for i in range(10):
+        for j in range(10):
+            ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
+                    color="white" if i == j else "black")
+    ax.set(xlabel="predicted", ylabel="true", xticks=range(10), yticks=range(10), title=title)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_misclassified(images, true, predicted, path, max_shown=40):
+    """A grid of up to max_shown misclassified images (N, 28, 28), labelled 'true -> predicted'."""
+    wrong = np.flatnonzero(true != predicted)[:max_shown]
+    cols = 10
+    rows = max(1, -(-len(wrong) // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, wrong):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"{true[i]} -> {predicted[i]}", fontsize=8)
+    fig.suptitle(f"first {len(wrong)} of {int(np.sum(true != predicted))} misclassified test digits")
+    fig.tight_layout()
+    save_figure(fig, path)

@@ -1,0 +1,109 @@
+"""Reading MNIST: IDX files the tests write themselves, the real files, and the DataLoader."""
+import gzip
+import os
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+import mnist_data
+from mnist_data import ALL_FILES, IMAGES_MAGIC, LABELS_MAGIC
+
+TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # ../shared README
+TEST_LABEL_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
+
+
+def idx_bytes(array, magic):
+    """The IDX encoding of a uint8 array: magic, big-endian dimensions, then the bytes."""
+    return struct.pack(f">I{array.ndim}I", magic, *array.shape) + array.astype(np.uint8).tobytes()
+
+
+def write_file(path, content, gz=False):
+    with (gzip.open if gz else open)(path, "wb") as f:
+        f.write(content)
+    return str(path)
+
+
+def fake_split(rng, n):
+    return rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+
+
+def write_fake_mnist(folder, n_train=300, n_test=50, gz=False, dotted=False, seed=0):
+    """The four files in `folder`, small; -> {name: (images, labels)} of what was written."""
+    rng = np.random.default_rng(seed)
+    content = {"train": fake_split(rng, n_train), "test": fake_split(rng, n_test)}
+    for split, (image_name, label_name) in mnist_data.SPLIT_FILES.items():
+        images, labels = content[split]
+        for name, array, magic in ((image_name, images, IMAGES_MAGIC), (label_name, labels, LABELS_MAGIC)):
+            file_name = name.replace("-idx", ".idx") if dotted else name
+            write_file(os.path.join(folder, file_name + (".gz" if gz else "")), idx_bytes(array, magic), gz)
+    return content
+
+
+@pytest.mark.parametrize("gz", [False, True])
+@pytest.mark.parametrize("dotted", [False, True])
+def test_reads_files_written_here_in_every_naming_style(tmp_path, gz, dotted):
+    content = write_fake_mnist(tmp_path, gz=gz, dotted=dotted)
+    files = mnist_data.locate_mnist(str(tmp_path), download=False)
+    assert sorted(files) == sorted(ALL_FILES)
+    assert all(path.endswith(".gz") == gz for path in files.values())
+    train_set, test_set = mnist_data.load_mnist(str(tmp_path))
+    for dataset, (images, labels) in ((train_set, content["train"]), (test_set, content["test"])):
+        assert dataset.data.dtype == torch.uint8 and dataset.targets.dtype == torch.uint8
+        np.testing.assert_array_equal(dataset.data.numpy(), images)
+        np.testing.assert_array_equal(dataset.targets.numpy(), labels)
+
+
+def test_finds_torchvisions_download_layout(tmp_path):
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    write_fake_mnist(raw)
+    files = mnist_data.locate_mnist(str(tmp_path), download=False)
+    assert all(os.path.dirname(p) == str(raw) for p in files.values())
+
+
+def test_train_subset_keeps_the_first_images(tmp_path):
+    content = write_fake_mnist(tmp_path)
+    train_set, _ = mnist_data.load_mnist(str(tmp_path), train_limit=100)
+    assert len(train_set) == 100
+    np.testing.assert_array_equal(train_set.data.numpy(), content["train"][0][:100])
+
+
+def test_real_mnist_files(mnist_dir):
+    train_set, test_set = mnist_data.load_mnist(mnist_dir)
+    assert tuple(train_set.data.shape) == (60000, 28, 28) and tuple(test_set.data.shape) == (10000, 28, 28)
+    assert train_set.data.dtype == torch.uint8 and train_set.targets.dtype == torch.uint8
+    assert torch.bincount(train_set.targets.long()).tolist() == TRAIN_LABEL_COUNTS
+    assert torch.bincount(test_set.targets.long()).tolist() == TEST_LABEL_COUNTS
+    assert int(train_set.data.max()) == 255 and int(train_set.data.min()) == 0
+    # torchvision's own per-item interface still works on the subclass
+    image, label = train_set[0]
+    assert image.size == (28, 28) and label == 5
+
+
+def test_loader_gives_whole_uint8_batches_in_a_seeded_order(tmp_path):
+    write_fake_mnist(tmp_path, n_train=300)
+    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+
+    def epoch_labels(loader):
+        batches = list(loader)
+        assert [len(labels) for _, labels in batches] == [128, 128, 44]
+        assert all(images.dtype == torch.uint8 and images.shape[1:] == (28, 28) for images, _ in batches)
+        return torch.cat([labels for _, labels in batches])
+
+    loader = mnist_data.train_loader(train_set, 128, seed=0)
+    first, second = epoch_labels(loader), epoch_labels(loader)
+    assert not torch.equal(first, second)  # reshuffled every epoch
+    assert torch.equal(torch.sort(first).values, torch.sort(train_set.targets).values)  # each image once
+    again = mnist_data.train_loader(train_set, 128, seed=0)
+    assert torch.equal(epoch_labels(again), first)  # same seed, same order
+    assert not torch.equal(epoch_labels(mnist_data.train_loader(train_set, 128, seed=1)), first)
+
+
+def test_batches_match_the_images_they_index(tmp_path):
+    write_fake_mnist(tmp_path)
+    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+    images, labels = train_set.__getitems__([5, 0, 7])
+    np.testing.assert_array_equal(images.numpy(), train_set.data.numpy()[[5, 0, 7]])
+    np.testing.assert_array_equal(labels.numpy(), train_set.targets.numpy()[[5, 0, 7]])

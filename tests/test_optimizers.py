@@ -1,0 +1,153 @@
+"""Each hand-written optimizer against optax, step by step, on a random pytree.
+
+Both sides start from the same point and, at every step, take the gradient of the same
+function at their own gradient point (Nesterov: the look-ahead point theta - mu * v, which
+is what optax's Nesterov keeps as its parameters). The points must agree at every step.
+One leaf's gradients are ~1e-8, where eps placement and Adam's bias correction decide the
+step size, so getting either wrong fails the comparison (the last test proves it).
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from optimized_sgd import OPTIMIZERS, make_optimizer
+
+STEPS = 60
+RTOL, ATOL = 2e-5, 2e-6  # float32: params are O(1) and each step moves them by <= ~lr
+LR = 0.01
+HYPER = dict(mu=0.9, rho=0.9, beta1=0.9, beta2=0.999, eps=1e-8)
+LEAF_GRAD_SCALES = (1.0, 1e-3, 1e-8)  # the last one is on the order of eps
+
+# name -> the optax transformation that must follow the same trajectory
+OPTAX_REFERENCES = {
+    "sgd": lambda: optax.sgd(LR),
+    "momentum": lambda: optax.sgd(LR, momentum=HYPER["mu"]),
+    "nesterov": lambda: optax.sgd(LR, momentum=HYPER["mu"], nesterov=True),
+    "rmsprop": lambda: optax.rmsprop(LR, decay=HYPER["rho"], eps=HYPER["eps"], eps_in_sqrt=False),
+    "adam": lambda: optax.adam(LR, b1=HYPER["beta1"], b2=HYPER["beta2"], eps=HYPER["eps"]),
+}
+
+
+def random_params(seed=0):
+    """A model-shaped pytree: [(w (5, 4), b (4,)), (w (4, 3), b (3,)), (w (3, 2), b (2,))]."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    shapes = [(5, 4), (4,), (4, 3), (3,), (3, 2), (2,)]
+    leaves = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    return [(leaves[0], leaves[1]), (leaves[2], leaves[3]), (leaves[4], leaves[5])]
+
+
+def make_grad_fn(params, seed=1):
+    """grad(point, step) -> a gradient pytree that depends on the point and on the step.
+
+    Layer i's gradient is LEAF_GRAD_SCALES[i] * (point + sin(3 * point) + noise_step).
+    """
+    leaves, treedef = jax.tree_util.tree_flatten(params)
+    noise_keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    noises = [jax.random.normal(k, (STEPS,) + leaf.shape) for k, leaf in zip(noise_keys, leaves)]
+    scales = [LEAF_GRAD_SCALES[i // 2] for i in range(len(leaves))]  # (w, b) of a layer share one
+
+    @jax.jit
+    def grad(point, step):
+        point_leaves = jax.tree_util.tree_leaves(point)
+        return jax.tree_util.tree_unflatten(
+            treedef, [s * (p + jnp.sin(3 * p) + n[step]) for s, p, n in zip(scales, point_leaves, noises)])
+
+    return grad
+
+
+def our_trajectory(name, params, grad):
+    opt = make_optimizer(name, LR, **HYPER)
+    update, grad_point = jax.jit(opt.update), jax.jit(opt.grad_point)
+    state = opt.init(params)
+    points = []
+    for step in range(STEPS):
+        params, state = update(grad(grad_point(params, state), step), state, params)
+        points.append(grad_point(params, state))
+    return points
+
+
+def optax_trajectory(tx, params, grad):
+    state = tx.init(params)
+    points = []
+
+    @jax.jit
+    def step_fn(params, state, step):
+        updates, state = tx.update(grad(params, step), state, params)
+        return optax.apply_updates(params, updates), state
+
+    for step in range(STEPS):
+        params, state = step_fn(params, state, step)
+        points.append(params)
+    return points
+
+
+def assert_same_trajectory(ours, reference):
+    for step, (a, b) in enumerate(zip(ours, reference), start=1):
+        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+            np.testing.assert_allclose(leaf_a, leaf_b, rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
+
+
+def test_every_optimizer_has_a_reference():
+    assert set(OPTAX_REFERENCES) == set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_matches_optax_step_by_step(name):
+    params = random_params()
+    grad = make_grad_fn(params)
+    assert_same_trajectory(our_trajectory(name, params, grad),
+                           optax_trajectory(OPTAX_REFERENCES[name](), params, grad))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_update_is_jittable_and_keeps_structure(name):
+    params = random_params()
+    opt = make_optimizer(name, LR, **HYPER)
+    state = opt.init(params)
+    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    new_params, new_state = jax.jit(opt.update)(grads, state, params)
+    assert jax.tree_util.tree_structure(new_params) == jax.tree_util.tree_structure(params)
+    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
+    for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new_params)):
+        assert p.shape == q.shape and p.dtype == q.dtype
+
+
+# Plausible mistakes, each written as the optax transformation that makes it. The test
+# data must tell each of them apart from the right rule, or the comparison above proves little.
+WRONG_REFERENCES = {
+    "momentum": {"nesterov instead of heavy ball":
+                 lambda: optax.sgd(LR, momentum=HYPER["mu"], nesterov=True)},
+    "nesterov": {"heavy ball instead of look-ahead": lambda: optax.sgd(LR, momentum=HYPER["mu"])},
+    "rmsprop": {"eps inside the square root":
+                lambda: optax.rmsprop(LR, decay=HYPER["rho"], eps=HYPER["eps"], eps_in_sqrt=True),
+                "with bias correction":
+                lambda: optax.rmsprop(LR, decay=HYPER["rho"], eps=HYPER["eps"], eps_in_sqrt=False,
+                                      bias_correction=True)},
+    "adam": {"eps inside the square root":
+             lambda: optax.adam(LR, b1=HYPER["beta1"], b2=HYPER["beta2"], eps=0.0, eps_root=HYPER["eps"]),
+             "no bias correction":
+             lambda: optax.chain(optax.scale_by_rms(decay=HYPER["beta2"], eps=HYPER["eps"], eps_in_sqrt=False),
+                                 optax.scale(-LR))},
+}
+
+
+@pytest.mark.parametrize("name,mistake", [(n, m) for n, ms in WRONG_REFERENCES.items() for m in ms])
+def test_the_comparison_catches_a_wrong_rule(name, mistake):
+    params = random_params()
+    grad = make_grad_fn(params)
+    wrong = optax_trajectory(WRONG_REFERENCES[name][mistake](), params, grad)
+    with pytest.raises(AssertionError):
+        assert_same_trajectory(our_trajectory(name, params, grad), wrong)
+
+
+def test_adam_bias_correction_starts_at_t_equals_1():
+    """After one step from zero state, m_hat = g and v_hat = g^2, so each weight moves by ~lr."""
+    params = random_params()
+    grads = jax.tree_util.tree_map(lambda p: 1e-3 * jnp.ones_like(p), params)
+    opt = make_optimizer("adam", LR, **HYPER)
+    new_params, state = opt.update(grads, opt.init(params), params)
+    assert int(state.step) == 1
+    for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new_params)):
+        np.testing.assert_allclose(p - q, LR * 1e-3 / (1e-3 + HYPER["eps"]), rtol=0, atol=1e-6)
