@@ -135,6 +135,13 @@ def uint8_spec(*shape):
     return jax.ShapeDtypeStruct(shape, jnp.uint8)
 
 
+def compile_train_steps(optimizer, params, opt_state, batch_sizes):
+    """Compile the shared train step ahead of time, once per batch size -> {batch size: step}."""
+    step = make_train_step(optimizer)
+    return {b: step.lower(params, opt_state, uint8_spec(b, 28, 28), uint8_spec(b)).compile()
+            for b in batch_sizes}
+
+
 @jax.jit
 def _predicted_class_uint8(params, images):
     return predicted_class(params, images.reshape(images.shape[0], -1).astype(jnp.float32))
@@ -150,8 +157,8 @@ def predict_all(params, images):
 def train(config, train_set, test_set, on_epoch=lambda records: None, log=print):
     """Train one model as `config` says; -> dict(status, records, compile_seconds, params, test_predictions).
 
-    status is "completed", "diverged" (the mean training loss of an epoch is not finite)
-    or "interrupted" (Ctrl-C). records holds one dict per completed epoch; on_epoch(records)
+    status is "completed", "diverged in epoch N" (the mean training loss of epoch N is
+    NaN or infinite; training stops there) or "interrupted" (Ctrl-C). records holds one dict per completed epoch; on_epoch(records)
     is called after each, so that the caller can save them.
     """
     optimizer = make_optimizer(config["optimizer"], config["lr"], mu=config["mu"], rho=config["rho"],
@@ -164,9 +171,8 @@ def train(config, train_set, test_set, on_epoch=lambda records: None, log=print)
 
     # Compile before the clock starts: one executable per batch shape, the evaluation warmed up.
     start = time.perf_counter()
-    step = make_train_step(optimizer)
-    steps = {b: step.lower(params, opt_state, uint8_spec(b, 28, 28), uint8_spec(b)).compile()
-             for b in batch_sizes_of_epoch(len(train_set), config["batch_size"])}
+    steps = compile_train_steps(optimizer, params, opt_state,
+                                batch_sizes_of_epoch(len(train_set), config["batch_size"]))
     predict_all(params, test_images)
     compile_seconds = time.perf_counter() - start
 
@@ -185,9 +191,7 @@ def train(config, train_set, test_set, on_epoch=lambda records: None, log=print)
             train_loss = float(np.average(jax.device_get(batch_losses), weights=batch_sizes))
             train_seconds = time.perf_counter() - start
             if not math.isfinite(train_loss):
-                status = "diverged"
-                log(f"error: the training loss diverged ({train_loss}) in epoch {epoch}; "
-                    f"try a smaller --lr than {config['lr']}")
+                status = f"diverged in epoch {epoch}"
                 break
 
             start = time.perf_counter()
@@ -254,8 +258,10 @@ def main(argv=None):
     if out:
         reporting.write_json(f"{out}/metrics.json",
                              metrics(config, run["status"], run["records"], run["compile_seconds"]))
-    if run["status"] == "diverged":
-        sys.exit(EXIT_DIVERGED)
+    if run["status"].startswith("diverged"):
+        saved = f"; {out}/metrics.json holds the {len(run['records'])} epochs before it" if out else ""
+        fail(f"the training loss {run['status']} (NaN or infinite): try a smaller --lr than "
+             f"{config['lr']}{saved}", EXIT_DIVERGED)
     if run["status"] == "interrupted":
         where = f"; {out}/metrics.json holds them" if out else ""
         print(f"interrupted after {len(run['records'])} completed epochs{where}", file=sys.stderr)
