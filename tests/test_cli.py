@@ -76,3 +76,12 @@ def test_data_dir_from_environment(mnist_dir, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nothing-here" in lines[0] and "train-images-idx3-ubyte" in lines[0]
     assert "--data-dir" in lines[0]
+
+
+def test_piece_sizes_cover_every_image_once():
+    import mlp_mnist
+
+    assert mlp_mnist.piece_sizes(60000, 128) == [96, 128]  # 468 full batches and one of 96
+    assert mlp_mnist.piece_sizes(256, 128) == [128]
+    assert mlp_mnist.piece_sizes(100, 128) == [100]
+    assert mlp_mnist.piece_sizes(70000 - 60000, 2000) == [2000]

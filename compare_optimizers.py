@@ -1,0 +1,203 @@
+"""Compare the optimizers over several seeds: the README's table and curves in one command.
+
+    python compare_optimizers.py --seeds 0 1 2 --out results/
+    python compare_optimizers.py --configs sgd adam:lr=0.0003 --seeds 0 --out runs/try
+
+Each configuration is trained once per seed with mlp_mnist.train (same data, model and
+step as mlp_mnist.py). Writes, atomically, into a new or empty --out folder:
+  summary.json  every run's per-epoch records, and per configuration the mean and standard
+                deviation over seeds of the final train and test accuracy and of epoch time
+  summary.md    that table in Markdown (the README embeds it)
+  curves.png    test error and training loss against epoch, a band for the seed spread
+Exit status: 0 done, 2 bad input, 130 interrupted (the completed runs are still written).
+"""
+import argparse
+import statistics
+import sys
+import time
+
+import numpy as np
+from matplotlib.ticker import FormatStrFormatter
+import torch
+
+import mlp_mnist
+import mnist_data
+import reporting
+from optimized_sgd import OPTIMIZERS
+
+# The README's comparison: every optimizer at the README's learning rate, then the two
+# settings the sweeps in results/sweep*/ found (see the README's "RMSProp, finished").
+COMPARISON = ["sgd", "momentum", "nesterov", "rmsprop", "adam",
+              "rmsprop:lr=0.0003,rho=0.9",  # RMSProp fixed: its steps are ~lr, so lr is 3% of the weights' scale
+              "adam:eps=0.01"]  # Adam with eps above sqrt(v): small gradients no longer get full-size steps
+SEEDS = [0, 1, 2]  # three seeds: enough for a mean and a spread
+HYPERPARAMETERS = {"lr": mlp_mnist.positive_float, "mu": mlp_mnist.unit_interval, "rho": mlp_mnist.unit_interval,
+                   "beta1": mlp_mnist.unit_interval, "beta2": mlp_mnist.unit_interval,
+                   "eps": mlp_mnist.positive_float}
+
+
+def config_spec(text):
+    """'rmsprop:lr=0.0001,rho=0.99' -> ('rmsprop lr=0.0001 rho=0.99', {optimizer, lr, rho}); argparse type."""
+    name, _, settings = text.partition(":")
+    if name not in OPTIMIZERS:
+        raise argparse.ArgumentTypeError(f"{text!r}: unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
+    overrides = {"optimizer": name}
+    for item in filter(None, settings.split(",")):
+        key, _, value = item.partition("=")
+        if key not in HYPERPARAMETERS:
+            raise argparse.ArgumentTypeError(f"{text!r}: unknown setting {key!r} (choose from {', '.join(HYPERPARAMETERS)})")
+        overrides[key] = HYPERPARAMETERS[key](value)
+    label = " ".join([name] + [f"{k}={v}" for k, v in overrides.items() if k != "optimizer"])
+    return label, overrides
+
+
+def build_parser():
+    p = argparse.ArgumentParser(description="Train several optimizer settings over several seeds and summarise.",
+                                epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
+    p.add_argument("--configs", type=config_spec, nargs="+", default=[config_spec(c) for c in COMPARISON],
+                   metavar="NAME[:KEY=VALUE,...]",
+                   help="optimizer settings to compare, e.g. adam:lr=0.0003,eps=1e-6 (unset values take "
+                        "mlp_mnist.py's defaults; default: " + " ".join(COMPARISON) + ")")
+    p.add_argument("--seeds", type=int, nargs="+", default=SEEDS, help="seeds to train each setting with (default: 0 1 2)")
+    p.add_argument("--epochs", type=mlp_mnist.positive_int, default=mlp_mnist.EPOCHS, help="epochs per run (default: %(default)s)")
+    p.add_argument("--batch-size", type=mlp_mnist.positive_int, default=mlp_mnist.BATCH_SIZE, help="images per step (default: %(default)s)")
+    p.add_argument("--train-subset", type=mlp_mnist.positive_int, default=None, metavar="N",
+                   help="train on the first N training images only (default: all 60,000)")
+    p.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
+                   help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR if set, else ./data)")
+    p.add_argument("--out", required=True, metavar="DIR",
+                   help="new or empty folder for summary.json, summary.md and curves.png (a folder "
+                        "that holds files is refused, so earlier results are never mixed in or lost)")
+    return p
+
+
+def run_config(args, overrides, seed):
+    """The full mlp_mnist configuration of one run: its defaults, the comparison's settings, the seed."""
+    config = mlp_mnist.resolve_config(mlp_mnist.build_parser().parse_args([]))
+    config.update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
+                  train_subset=args.train_subset, data_dir=args.data_dir, out=None)
+    if "lr" not in overrides:
+        config["lr"] = OPTIMIZERS[config["optimizer"]][1]
+    return config
+
+
+def mean_std(values):
+    """-> (mean, sample standard deviation, or None with fewer than two values)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def summarise(runs):
+    """Per label: mean and std over seeds of final train/test accuracy and of the mean epoch time."""
+    summary = {}
+    for label in dict.fromkeys(run["label"] for run in runs):  # in the order they ran
+        finished = [r for r in runs if r["label"] == label and r["records"]]
+        if not finished:
+            continue
+        final = [r["records"][-1] for r in finished]
+        rows = dict(seeds=[r["seed"] for r in finished], statuses=[r["status"] for r in finished],
+                    lr=finished[0]["config"]["lr"])
+        for key, values in (("train_accuracy", [f["train_accuracy"] for f in final]),
+                            ("test_accuracy", [f["test_accuracy"] for f in final]),
+                            ("epoch_seconds", [statistics.fmean(e["train_seconds"] for e in r["records"])
+                                               for r in finished])):
+            rows[f"{key}_mean"], rows[f"{key}_std"] = mean_std(values)
+        summary[label] = rows
+    return summary
+
+
+def markdown_table(summary):
+    def pm(mean, std, scale=100, digits=2):
+        return f"{scale * mean:.{digits}f}" + ("" if std is None else f" ± {scale * std:.{digits}f}")
+
+    lines = ["| optimizer | lr | seeds | train accuracy (%) | test accuracy (%) | seconds per epoch |",
+             "| --- | --- | --- | --- | --- | --- |"]
+    for label, s in summary.items():
+        note = "" if set(s["statuses"]) == {"completed"} else " (" + ", ".join(sorted(set(s["statuses"]))) + ")"
+        lines.append(f"| {label}{note} | {s['lr']} | {len(s['seeds'])} | "
+                     f"{pm(s['train_accuracy_mean'], s['train_accuracy_std'])} | "
+                     f"{pm(s['test_accuracy_mean'], s['test_accuracy_std'])} | "
+                     f"{pm(s['epoch_seconds_mean'], s['epoch_seconds_std'], scale=1)} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_curves(runs, path):
+    """Test error and training loss against epoch (log scales); line = mean over seeds, band = min to max."""
+    fig, (ax_err, ax_loss) = reporting.plt.subplots(1, 2, figsize=(11, 4.2))
+    for i, label in enumerate(dict.fromkeys(r["label"] for r in runs)):
+        color, style = reporting.plt.cm.tab10.colors[i % 10], "-" if i < 10 else "--"
+        finished = [r["records"] for r in runs if r["label"] == label and r["records"]]
+        if not finished:
+            continue
+        n = min(len(records) for records in finished)
+        epochs = np.arange(1, n + 1)
+        for ax, key, to_plot in ((ax_err, "test_accuracy", lambda acc: 100 * (1 - acc)),
+                                 (ax_loss, "train_loss", lambda loss: loss)):
+            values = to_plot(np.array([[rec[key] for rec in records[:n]] for records in finished]))
+            ax.plot(epochs, values.mean(axis=0), color=color, linestyle=style, marker="o", markersize=3,
+                    label=label)
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
+    ax_err.set(xlabel="epoch", ylabel="test error (%) = 100 - test accuracy", yscale="log")
+    ax_err.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_err.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log")
+    ax_err.legend(fontsize=8, loc="upper right")
+    seeds = len({r["seed"] for r in runs})
+    fig.suptitle(f"MNIST, 784-512-512-10 MLP: mean over {seeds} seed{'s' * (seeds > 1)}, band from min to max")
+    fig.tight_layout()
+    reporting.save_figure(fig, path)
+
+
+def write_results(out, args, runs, total_seconds, interrupted):
+    summary = summarise(runs)
+    reporting.write_json(f"{out}/summary.json", dict(
+        command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
+        seeds=args.seeds, epochs=args.epochs, total_seconds=total_seconds,
+        environment=mlp_mnist.environment(), summary=summary,
+        runs=runs))
+    reporting.write_text(f"{out}/summary.md", markdown_table(summary))
+    if summary:
+        plot_curves(runs, f"{out}/curves.png")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
+    try:
+        reporting.claim_out_dir(args.out)
+        train_set, test_set = mnist_data.load_mnist(args.data_dir, args.train_subset)
+    except (mnist_data.DataError, reporting.OutDirError) as err:
+        mlp_mnist.fail(err, mlp_mnist.EXIT_BAD_INPUT)
+    if args.batch_size > len(train_set):
+        build_parser().error(f"argument --batch-size: {args.batch_size} is larger than the "
+                             f"{len(train_set)} training images")
+
+    start, runs, interrupted = time.perf_counter(), [], False
+    for label, overrides in args.configs:
+        for seed in args.seeds:
+            config = run_config(args, overrides, seed)
+            print(f"== {label}, seed {seed} ({len(runs) + 1} of {len(args.configs) * len(args.seeds)})", flush=True)
+            run = mlp_mnist.train(config, train_set, test_set, log=lambda line: print("   " + line, flush=True))
+            runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
+                             compile_seconds=run["compile_seconds"], records=run["records"]))
+            if run["status"] == "interrupted":
+                interrupted = True
+                break
+        if interrupted:
+            break
+    total = time.perf_counter() - start
+    write_results(args.out, args, runs, total, interrupted)
+    print(markdown_table(summarise(runs)))
+    print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
+    if interrupted:
+        print(f"interrupted: {args.out} holds the {len(runs) - 1} completed runs and the interrupted one's "
+              f"completed epochs", file=sys.stderr)
+        sys.exit(mlp_mnist.EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(mlp_mnist.EXIT_INTERRUPTED)

@@ -1,0 +1,93 @@
+"""compare_optimizers.py: the comparison on a tiny budget, and the arithmetic of its summary."""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+
+import matplotlib.image
+import pytest
+
+import compare_optimizers
+from conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def tiny_comparison(mnist_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("compare") / "results"
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "compare_optimizers.py"),
+                             "--configs", "sgd", "adam:lr=0.0005", "--seeds", "3", "--epochs", "1",
+                             "--train-subset", "2000", "--data-dir", mnist_dir, "--out", str(out)],
+                            capture_output=True, text=True, cwd=ROOT, timeout=600)
+    return result, out
+
+
+def test_tiny_comparison_writes_summary_table_and_curves(tiny_comparison):
+    result, out = tiny_comparison
+    assert result.returncode == 0, result.stderr
+    assert sorted(os.listdir(out)) == ["curves.png", "summary.json", "summary.md"]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "completed" and summary["total_seconds"] > 0
+    assert [(r["label"], r["seed"], r["status"]) for r in summary["runs"]] == [
+        ("sgd", 3, "completed"), ("adam lr=0.0005", 3, "completed")]
+    assert summary["runs"][1]["config"]["lr"] == 0.0005 and summary["runs"][1]["config"]["optimizer"] == "adam"
+    for run in summary["runs"]:
+        assert len(run["records"]) == 1 and run["config"]["train_subset"] == 2000
+    table = (out / "summary.md").read_text().splitlines()
+    assert table[0].startswith("| optimizer |") and len(table) == 4
+    assert table[3].startswith("| adam lr=0.0005 | 0.0005 | 1 |")
+    image = matplotlib.image.imread(out / "curves.png")
+    assert image.ndim == 3 and image.shape[0] > 100
+    assert os.path.getsize(out / "curves.png") < 200_000
+
+
+def test_summary_statistics_come_from_the_records(tiny_comparison):
+    _, out = tiny_comparison
+    summary = json.loads((out / "summary.json").read_text())
+    for label, row in summary["summary"].items():
+        runs = [r for r in summary["runs"] if r["label"] == label]
+        final_test = [r["records"][-1]["test_accuracy"] for r in runs]
+        assert row["test_accuracy_mean"] == pytest.approx(statistics.fmean(final_test))
+        assert row["test_accuracy_std"] is None  # one seed: no spread to report
+
+
+def fake_run(label, seed, test_accuracies, seconds=1.0):
+    return dict(label=label, seed=seed, status="completed", config={"lr": 0.1},
+                records=[dict(epoch=i + 1, train_seconds=seconds + i, train_loss=0.1, train_accuracy=a,
+                              test_accuracy=a) for i, a in enumerate(test_accuracies)])
+
+
+def test_mean_and_std_over_seeds():
+    runs = [fake_run("a", 0, [0.5, 0.90]), fake_run("a", 1, [0.5, 0.94]), fake_run("a", 2, [0.5, 0.98]),
+            fake_run("b", 0, [0.7])]
+    summary = compare_optimizers.summarise(runs)
+    assert summary["a"]["test_accuracy_mean"] == pytest.approx(0.94)
+    assert summary["a"]["test_accuracy_std"] == pytest.approx(0.04)  # sample std of .90 .94 .98
+    assert summary["a"]["epoch_seconds_mean"] == pytest.approx(1.5)  # each run: epochs of 1 s and 2 s
+    assert summary["b"]["test_accuracy_std"] is None
+    table = compare_optimizers.markdown_table(summary)
+    assert "| a | 0.1 | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 1.50 ± 0.00 |" in table
+    assert "| b | 0.1 | 1 | 70.00 | 70.00 |" in table
+
+
+def test_config_spec():
+    assert compare_optimizers.config_spec("rmsprop:lr=0.0001,rho=0.99") == (
+        "rmsprop lr=0.0001 rho=0.99", {"optimizer": "rmsprop", "lr": 0.0001, "rho": 0.99})
+    assert compare_optimizers.config_spec("sgd") == ("sgd", {"optimizer": "sgd"})
+    for bad in ("adagrad", "adam:lr=-1", "adam:momentum=0.9", "rmsprop:rho=1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            compare_optimizers.config_spec(bad)
+
+
+def test_default_comparison_covers_every_optimizer():
+    names = {compare_optimizers.config_spec(c)[1]["optimizer"] for c in compare_optimizers.COMPARISON}
+    assert names == {"sgd", "momentum", "nesterov", "rmsprop", "adam"}
+
+
+def test_refuses_an_out_folder_with_results(tmp_path, mnist_dir, capsys):
+    (tmp_path / "summary.json").write_text("earlier")
+    with pytest.raises(SystemExit) as exit_info:
+        compare_optimizers.main(["--configs", "sgd", "--data-dir", mnist_dir, "--out", str(tmp_path)])
+    assert exit_info.value.code == 2 and "--out" in capsys.readouterr().err
+    assert (tmp_path / "summary.json").read_text() == "earlier"
