@@ -155,19 +155,18 @@ def predict_all(params, images):
 
 
 def train(config, train_set, test_set, on_epoch=lambda records: None, log=print):
-    """Train one model as `config` says; -> dict(status, records, compile_seconds, params, test_predictions).
+    """Train one model as `config` says -> dict(status, records, compile_seconds, test_predictions).
 
-    status is "completed", "diverged in epoch N" (the mean training loss of epoch N is
-    NaN or infinite; training stops there) or "interrupted" (Ctrl-C). records holds one dict per completed epoch; on_epoch(records)
-    is called after each, so that the caller can save them.
+    status is "completed", "diverged in epoch N" (the mean training loss of epoch N is NaN
+    or infinite; training stops there) or "interrupted" (Ctrl-C). records holds one dict
+    per completed epoch; on_epoch(records) is called after each, so the caller can save them.
     """
     optimizer = make_optimizer(config["optimizer"], config["lr"], mu=config["mu"], rho=config["rho"],
                                beta1=config["beta1"], beta2=config["beta2"], eps=config["eps"])
     params = init_params(jax.random.PRNGKey(config["seed"]))
     opt_state = optimizer.init(params)
     loader = mnist_data.train_loader(train_set, config["batch_size"], config["seed"])
-    train_images, train_labels = jax.device_put((train_set.data.numpy(), train_set.targets.numpy()))
-    test_images, test_labels = jax.device_put((test_set.data.numpy(), test_set.targets.numpy()))
+    train_images, test_images = jax.device_put((train_set.data.numpy(), test_set.data.numpy()))  # for evaluation
 
     # Compile before the clock starts: one executable per batch shape, the evaluation warmed up.
     start = time.perf_counter()
@@ -196,9 +195,9 @@ def train(config, train_set, test_set, on_epoch=lambda records: None, log=print)
                 break
 
             start = time.perf_counter()
-            train_accuracy = float(np.mean(predict_all(params, train_images) == np.asarray(train_labels)))
+            train_accuracy = float(np.mean(predict_all(params, train_images) == train_set.targets.numpy()))
             test_predictions = predict_all(params, test_images)
-            test_accuracy = float(np.mean(test_predictions == np.asarray(test_labels)))
+            test_accuracy = float(np.mean(test_predictions == test_set.targets.numpy()))
             eval_seconds = time.perf_counter() - start
 
             records.append(dict(epoch=epoch, train_seconds=train_seconds, eval_seconds=eval_seconds,
@@ -209,7 +208,7 @@ def train(config, train_set, test_set, on_epoch=lambda records: None, log=print)
             on_epoch(records)
     except KeyboardInterrupt:
         status = "interrupted"
-    return dict(status=status, records=records, compile_seconds=compile_seconds, params=params,
+    return dict(status=status, records=records, compile_seconds=compile_seconds,
                 test_predictions=test_predictions)
 
 

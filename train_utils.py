@@ -4,7 +4,7 @@ params is a list of (w, b) pairs, one per layer: w: (n_in, n_out), b: (n_out,).
 A batch is a pair (inputs, targets): inputs (B, 784) float32 raw pixel values 0-255,
 targets (B, 10) one-hot.
 """
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -75,9 +75,9 @@ def batch_from_uint8(images, labels):
 
 
 class Optimizer(NamedTuple):
-    init: callable
-    update: callable
-    grad_point: callable
+    init: Callable
+    update: Callable
+    grad_point: Callable
 
 
 def at_params(params, state):
