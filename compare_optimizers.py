@@ -1,6 +1,6 @@
 """Compare the optimizers over several seeds: the README's table and curves in one command.
 
-    python compare_optimizers.py --seeds 0 1 2 --out results/
+    python compare_optimizers.py --seeds 0 1 2 --out results/comparison
     python compare_optimizers.py --configs sgd adam:lr=0.0003 --seeds 0 --out runs/try
 
 Each configuration is trained once per seed with mlp_mnist.train (same data, model and
@@ -21,7 +21,6 @@ from matplotlib.ticker import FormatStrFormatter
 import torch
 
 import mlp_mnist
-import mnist_data
 import reporting
 from optimized_sgd import OPTIMIZERS
 
@@ -63,8 +62,7 @@ def build_parser():
     p.add_argument("--batch-size", type=mlp_mnist.positive_int, default=mlp_mnist.BATCH_SIZE, help="images per step (default: %(default)s)")
     p.add_argument("--train-subset", type=mlp_mnist.positive_int, default=None, metavar="N",
                    help="train on the first N training images only (default: all 60,000)")
-    p.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
-                   help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR if set, else ./data)")
+    mlp_mnist.add_data_dir_argument(p)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="new or empty folder for summary.json, summary.md and curves.png (a folder "
                         "that holds files is refused, so earlier results are never mixed in or lost)")
@@ -73,12 +71,10 @@ def build_parser():
 
 def run_config(args, overrides, seed):
     """The full mlp_mnist configuration of one run: its defaults, the comparison's settings, the seed."""
-    config = mlp_mnist.resolve_config(mlp_mnist.build_parser().parse_args([]))
-    config.update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
-                  train_subset=args.train_subset, data_dir=args.data_dir, out=None)
-    if "lr" not in overrides:
-        config["lr"] = OPTIMIZERS[config["optimizer"]][1]
-    return config
+    defaults = mlp_mnist.build_parser().parse_args([])
+    vars(defaults).update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
+                          train_subset=args.train_subset, data_dir=args.data_dir, out=None)
+    return mlp_mnist.resolve_config(defaults)  # fills in the optimizer's lr unless overrides set one
 
 
 def mean_std(values):
@@ -149,6 +145,7 @@ def plot_curves(runs, path):
 
 
 def write_results(out, args, runs, total_seconds, interrupted):
+    """summary.json, summary.md and curves.png into out -> the summary."""
     summary = summarise(runs)
     reporting.write_json(f"{out}/summary.json", dict(
         command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
@@ -158,19 +155,15 @@ def write_results(out, args, runs, total_seconds, interrupted):
     reporting.write_text(f"{out}/summary.md", markdown_table(summary))
     if summary:
         plot_curves(runs, f"{out}/curves.png")
+    return summary
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
-    try:
-        reporting.claim_out_dir(args.out)
-        train_set, test_set = mnist_data.load_mnist(args.data_dir, args.train_subset)
-    except (mnist_data.DataError, reporting.OutDirError) as err:
-        mlp_mnist.fail(err, mlp_mnist.EXIT_BAD_INPUT)
-    if args.batch_size > len(train_set):
-        build_parser().error(f"argument --batch-size: {args.batch_size} is larger than the "
-                             f"{len(train_set)} training images")
+    train_set, test_set = mlp_mnist.load_data_or_exit(parser, args.data_dir, args.train_subset,
+                                                      args.batch_size, args.out)
 
     start, runs, interrupted = time.perf_counter(), [], False
     for label, overrides in args.configs:
@@ -186,8 +179,7 @@ def main(argv=None):
         if interrupted:
             break
     total = time.perf_counter() - start
-    write_results(args.out, args, runs, total, interrupted)
-    print(markdown_table(summarise(runs)))
+    print(markdown_table(write_results(args.out, args, runs, total, interrupted)))
     print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
     if interrupted:
         print(f"interrupted: {args.out} holds the {len(runs) - 1} completed runs and the interrupted one's "

@@ -88,14 +88,35 @@ def build_parser():
     p.add_argument("--beta2", type=unit_interval, default=BETA2, help="adam: decay of the mean of g^2 (default: %(default)s)")
     p.add_argument("--eps", type=positive_float, default=EPS,
                    help="rmsprop, adam: added to sqrt(mean of g^2) (default: %(default)s)")
-    p.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
-                   help="folder with the four MNIST IDX files, gzipped or not, read-only is fine; "
-                        "when none is there torchvision downloads them into DIR/MNIST/raw "
-                        "(default: $MNIST_DATA_DIR if set, else ./data; now: %(default)s)")
+    add_data_dir_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="write metrics.json and plots (curves.png, confusion.png, misclassified.png) "
                         "here; DIR must be new or empty: a run refuses a folder that holds files")
     return p
+
+
+def add_data_dir_argument(parser):
+    """--data-dir, the same in every script of this repository."""
+    parser.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
+                        help="folder with the four MNIST IDX files, gzipped or not, read-only is fine; "
+                             "when none is there torchvision downloads them into DIR/MNIST/raw "
+                             "(default: $MNIST_DATA_DIR if set, else ./data; now: %(default)s)")
+
+
+def load_data_or_exit(parser, data_dir, train_subset=None, batch_size=1, out=None):
+    """Claim --out (if given), load MNIST, check --batch-size against it -> (train_set, test_set).
+
+    Any bad input ends the program with one line and exit status 2.
+    """
+    try:
+        if out:
+            reporting.claim_out_dir(out)
+        train_set, test_set = mnist_data.load_mnist(data_dir, train_subset)
+    except (mnist_data.DataError, reporting.OutDirError) as err:
+        fail(err, EXIT_BAD_INPUT)
+    if batch_size > len(train_set):
+        parser.error(f"argument --batch-size: {batch_size} is larger than the {len(train_set)} training images")
+    return train_set, test_set
 
 
 def resolve_config(args):
@@ -239,15 +260,8 @@ def main(argv=None):
     parser = build_parser()
     config = resolve_config(parser.parse_args(argv))
     torch.set_num_threads(1)  # torch only indexes batches; leave the cores to XLA's thread pool
-    try:
-        if config["out"]:
-            reporting.claim_out_dir(config["out"])
-        train_set, test_set = mnist_data.load_mnist(config["data_dir"], config["train_subset"])
-    except (mnist_data.DataError, reporting.OutDirError) as err:
-        fail(err, EXIT_BAD_INPUT)
-    if config["batch_size"] > len(train_set):
-        parser.error(f"argument --batch-size: {config['batch_size']} is larger than the "
-                     f"{len(train_set)} training images")
+    train_set, test_set = load_data_or_exit(parser, config["data_dir"], config["train_subset"],
+                                            config["batch_size"], config["out"])
 
     out = config["out"]
     save = (lambda records: reporting.write_json(f"{out}/metrics.json", metrics(config, "running", records))

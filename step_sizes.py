@@ -69,14 +69,10 @@ def step_statistics(name, lr, hyper, train_set, steps, seed=0):
 def main(argv=None):
     p = argparse.ArgumentParser(description="Median step size of each optimizer on the hidden layer's weights.")
     p.add_argument("--steps", type=mlp_mnist.positive_int, default=100, help="steps of epoch 1 to follow (default: %(default)s)")
-    p.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
-                   help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR or ./data)")
+    mlp_mnist.add_data_dir_argument(p)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    try:
-        train_set, _ = mnist_data.load_mnist(args.data_dir)
-    except mnist_data.DataError as err:
-        mlp_mnist.fail(err, mlp_mnist.EXIT_BAD_INPUT)
+    train_set, _ = mlp_mnist.load_data_or_exit(p, args.data_dir)
     print(f"hidden-layer weights w2 (512 x 512, initial mean |w2| = 0.0080, i.e. N(0, 0.01^2)); "
           f"first {args.steps} steps of epoch 1, seed 0; means over w2's entries")
     print(f"{'setting':<26} {'|g| step 1':>10} {'|step| 1':>9} {'|step|/lr':>9} {'|step| 2-' + str(args.steps):>11} "

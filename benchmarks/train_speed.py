@@ -23,13 +23,10 @@ import sys
 import time
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mlp_mnist  # noqa: E402
-import mnist_data  # noqa: E402
 from train_utils import LAYER_SIZES  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
@@ -116,13 +113,13 @@ def main(argv=None):
     p = argparse.ArgumentParser(description="Training speed of mlp_mnist.py against the matmul floor and PyTorch.")
     p.add_argument("--epochs", type=mlp_mnist.positive_int, default=5,
                    help="epochs timed for the project and for PyTorch; medians are reported (default: %(default)s)")
-    p.add_argument("--data-dir", default=mnist_data.default_data_dir(), metavar="DIR",
-                   help="folder with the MNIST IDX files (default: $MNIST_DATA_DIR or ./data)")
+    mlp_mnist.add_data_dir_argument(p)
     p.add_argument("--torch-threads", type=mlp_mnist.positive_int, default=os.cpu_count(),
                    help="threads for the PyTorch baseline (default: all cores, %(default)s)")
     p.add_argument("--json", action="store_true", help="print the results as JSON")
     args = p.parse_args(argv)
     say = (lambda *a: None) if args.json else print
+    train_set, test_set = mlp_mnist.load_data_or_exit(p, args.data_dir)  # fail fast on bad data
 
     device = jax.devices()[0]
     on_cpu = device.platform == "cpu"
@@ -151,7 +148,6 @@ def main(argv=None):
     say(f"  one epoch: 60,000 x {train_flops / 1e6:.3f} M = {epoch_flops / 1e9:.1f} GFLOP; evaluation: "
         f"70,000 x {forward_flops / 1e6:.3f} M = {eval_flops / 1e9:.1f} GFLOP\n")
 
-    train_set, test_set = mnist_data.load_mnist(args.data_dir)
     torch.set_num_threads(1)  # as mlp_mnist.main does
     config = mlp_mnist.resolve_config(mlp_mnist.build_parser().parse_args(
         ["--optimizer", "sgd", "--epochs", str(args.epochs), "--data-dir", args.data_dir]))

@@ -5,7 +5,6 @@ and check what a user would see: the SystemExit status and stderr. The tests at 
 the real script as a subprocess for the paths that only a process has: the exit status
 itself, Ctrl-C, and the absence of a traceback.
 """
-import gzip
 import json
 import os
 import signal
