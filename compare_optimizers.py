@@ -2,9 +2,13 @@
 
     python compare_optimizers.py --seeds 0 1 2 --out results/comparison
     python compare_optimizers.py --configs sgd adam:lr=0.0003 --seeds 0 --out runs/try
+    python compare_optimizers.py --seeds 0 1 2 --vmap-seeds --out runs/at-once
 
 Each configuration is trained once per seed with mlp_mnist.train (same data, model and
-step as mlp_mnist.py). Writes, atomically, into a new or empty --out folder:
+step as mlp_mnist.py); with --vmap-seeds, all the seeds of a configuration train together
+as one program (mlp_mnist.train_seeds: the device loader's epoch under jax.vmap, the seed
+axis sharded across the JAX devices when there are several), with the same results.
+Writes, atomically, into a new or empty --out folder:
   summary.json  every run's per-epoch records, and per configuration the mean and standard
                 deviation over seeds of the final train and test accuracy and of epoch time
   summary.md    that table in Markdown (the README embeds it)
@@ -62,6 +66,11 @@ def build_parser():
     p.add_argument("--batch-size", type=mlp_mnist.positive_int, default=mlp_mnist.BATCH_SIZE, help="images per step (default: %(default)s)")
     p.add_argument("--train-subset", type=mlp_mnist.positive_int, default=None, metavar="N",
                    help="train on the first N training images only (default: all 60,000)")
+    mlp_mnist.add_loader_argument(p)
+    p.add_argument("--vmap-seeds", action="store_true",
+                   help="train all the seeds of a configuration at once, as one program: the device loader's "
+                        "epoch under jax.vmap over a seed axis (implies --loader device); seconds per epoch "
+                        "are then for all the seeds together")
     mlp_mnist.add_data_dir_argument(p)
     p.add_argument("--out", required=True, metavar="DIR",
                    help="new or empty folder for summary.json, summary.md and curves.png (a folder "
@@ -73,7 +82,8 @@ def run_config(args, overrides, seed):
     """The full mlp_mnist configuration of one run: its defaults, the comparison's settings, the seed."""
     defaults = mlp_mnist.build_parser().parse_args([])
     vars(defaults).update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
-                          train_subset=args.train_subset, data_dir=args.data_dir, out=None)
+                          train_subset=args.train_subset, data_dir=args.data_dir, out=None,
+                          loader="device" if args.vmap_seeds else args.loader)
     return mlp_mnist.resolve_config(defaults)  # fills in the optimizer's lr unless overrides set one
 
 
@@ -102,11 +112,12 @@ def summarise(runs):
     return summary
 
 
-def markdown_table(summary):
+def markdown_table(summary, vmap_seeds=False):
     def pm(mean, std, scale=100, digits=2):
         return f"{scale * mean:.{digits}f}" + ("" if std is None else f" ± {scale * std:.{digits}f}")
 
-    lines = ["| optimizer | lr | seeds | train accuracy (%) | test accuracy (%) | seconds per epoch |",
+    seconds = "seconds per epoch (all seeds at once)" if vmap_seeds else "seconds per epoch"
+    lines = [f"| optimizer | lr | seeds | train accuracy (%) | test accuracy (%) | {seconds} |",
              "| --- | --- | --- | --- | --- | --- |"]
     for label, s in summary.items():
         note = "" if set(s["statuses"]) == {"completed"} else " (" + ", ".join(sorted(set(s["statuses"]))) + ")"
@@ -149,10 +160,11 @@ def write_results(out, args, runs, total_seconds, interrupted):
     summary = summarise(runs)
     reporting.write_json(f"{out}/summary.json", dict(
         command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
-        seeds=args.seeds, epochs=args.epochs, total_seconds=total_seconds,
+        seeds=args.seeds, epochs=args.epochs, loader=runs[0]["config"]["loader"] if runs else args.loader,
+        vmap_seeds=args.vmap_seeds, total_seconds=total_seconds,
         environment=mlp_mnist.environment(), summary=summary,
         runs=runs))
-    reporting.write_text(f"{out}/summary.md", markdown_table(summary))
+    reporting.write_text(f"{out}/summary.md", markdown_table(summary, args.vmap_seeds))
     if summary:
         plot_curves(runs, f"{out}/curves.png")
     return summary
@@ -166,20 +178,28 @@ def main(argv=None):
                                                       args.batch_size, args.out)
 
     start, runs, interrupted = time.perf_counter(), [], False
+    log = lambda line: print("   " + line, flush=True)  # noqa: E731
     for label, overrides in args.configs:
-        for seed in args.seeds:
-            config = run_config(args, overrides, seed)
-            print(f"== {label}, seed {seed} ({len(runs) + 1} of {len(args.configs) * len(args.seeds)})", flush=True)
-            run = mlp_mnist.train(config, train_set, test_set, log=lambda line: print("   " + line, flush=True))
-            runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
+        if args.vmap_seeds:
+            print(f"== {label}, seeds {' '.join(map(str, args.seeds))} at once", flush=True)
+            seed_runs = mlp_mnist.train_seeds(run_config(args, overrides, args.seeds[0]), args.seeds,
+                                              train_set, test_set, log=log)
+        else:
+            seed_runs = []
+            for seed in args.seeds:
+                print(f"== {label}, seed {seed} ({len(runs) + len(seed_runs) + 1} of "
+                      f"{len(args.configs) * len(args.seeds)})", flush=True)
+                seed_runs.append(mlp_mnist.train(run_config(args, overrides, seed), train_set, test_set, log=log))
+                if seed_runs[-1]["status"] == "interrupted":
+                    break
+        for seed, run in zip(args.seeds, seed_runs):
+            runs.append(dict(label=label, seed=seed, config=run_config(args, overrides, seed), status=run["status"],
                              compile_seconds=run["compile_seconds"], records=run["records"]))
-            if run["status"] == "interrupted":
-                interrupted = True
-                break
-        if interrupted:
+        if any(run["status"] == "interrupted" for run in seed_runs):
+            interrupted = True
             break
     total = time.perf_counter() - start
-    print(markdown_table(write_results(args.out, args, runs, total, interrupted)))
+    print(markdown_table(write_results(args.out, args, runs, total, interrupted), args.vmap_seeds))
     print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
     if interrupted:
         print(f"interrupted: {args.out} holds the {len(runs) - 1} completed runs and the interrupted one's "

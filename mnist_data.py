@@ -229,6 +229,31 @@ def train_loader(dataset, batch_size, seed):
                       collate_fn=whole_batch)
 
 
+class Indices(torch.utils.data.Dataset):
+    """The numbers 0 .. n-1 as a dataset: a batch of indices -> those indices, int32 (B,)."""
+
+    def __init__(self, n):
+        self.n = n
+
+    def __len__(self):
+        return self.n
+
+    def __getitems__(self, indices):
+        return torch.as_tensor(indices, dtype=torch.int32)
+
+
+def epoch_orders(n, batch_size, seed):
+    """The order in which train_loader(a dataset of n images, batch_size, seed) visits them.
+
+    -> an endless iterator of int32 arrays (n,), one per epoch: epoch k's images are
+    dataset[order[0:B]], dataset[order[B:2B]], ... exactly as the DataLoader batches them,
+    because the order comes from the very same DataLoader, run over indices instead of images.
+    """
+    loader = train_loader(Indices(n), batch_size, seed)
+    while True:
+        yield torch.cat(list(loader)).numpy()
+
+
 def load_mnist(data_dir, train_limit=None):
     """-> (train MNIST, test MNIST) datasets; raises DataError on any problem with the files."""
     files = locate_mnist(data_dir)

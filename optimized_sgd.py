@@ -51,6 +51,9 @@ def nesterov(lr, mu=0.9):
     The gradient is evaluated at the look-ahead point theta - mu * v (grad_point below),
     not at theta. Writing phi = theta - mu * v turns this into optax's form,
     optax.sgd(lr, momentum=mu, nesterov=True), whose parameters are phi.
+
+    Two points, then: mlp_mnist.py reports a Nesterov run's training loss at phi (it comes
+    with the gradient), and its train and test accuracies at theta (the params it keeps).
     """
 
     def init(params):
@@ -77,7 +80,9 @@ def rmsprop(lr, rho=0.9, eps=1e-8):
         s <- rho * s + (1 - rho) * g^2;   theta <- theta - lr * g / (sqrt(s) + eps)
 
     (s starts at 0.) Equals optax.rmsprop(lr, decay=rho, eps=eps, eps_in_sqrt=False).
-    Each step moves a weight by about lr whatever the scale of its gradient.
+    A step does not depend on the scale of the gradient (g and 1000 g give the same steps),
+    and since s >= (1 - rho) g^2, no step is longer than lr / sqrt(1 - rho): the first one,
+    with s = (1 - rho) g^2, is exactly that long (3.16 lr for rho = 0.9).
     """
 
     def init(params):

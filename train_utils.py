@@ -34,13 +34,21 @@ def init_params(key, sizes=LAYER_SIZES, scale=INIT_SCALE):
     return params
 
 
+def layer_inputs(params, inputs):
+    """inputs: (B, 784) -> what each layer receives: [inputs (B, 784), h1 (B, 512), h2 (B, 512)].
+
+    h1 and h2 are the ReLU outputs of the hidden layers.
+    """
+    received = [inputs]
+    for w, b in params[:-1]:
+        received.append(relu(received[-1] @ w + b))  # (B, n_out)
+    return received
+
+
 def predict(params, inputs):
     """inputs: (B, 784) -> log-probabilities (B, 10). ReLU between layers, log-softmax on top."""
-    activations = inputs
-    for w, b in params[:-1]:
-        activations = relu(activations @ w + b)  # (B, n_out)
     w, b = params[-1]
-    return log_softmax(activations @ w + b)  # (B, 10)
+    return log_softmax(layer_inputs(params, inputs)[-1] @ w + b)  # (B, 10)
 
 
 def loss(params, batch):

@@ -9,9 +9,14 @@ Measured in one run, so that the ratios are fair on a noisy machine:
 2. The project's epoch, through the real mlp_mnist.py path (torchvision dataset,
    DataLoader, the jitted step all five optimizers share, plain SGD), and its evaluation
    of 70,000 images: medians over epochs, compilation timed apart.
-3. The PyTorch equivalent: nn.Sequential + torch.optim.SGD, the same loss, in-memory
+3. The same epoch through --loader device: the images on the device, the whole epoch one
+   compiled program (jax.lax.scan over the same batches).
+4. --vmap-seeds: 3 seeds trained at once by the device path under jax.vmap; the epoch of
+   all three, and its share per seed.
+5. The PyTorch equivalent: nn.Sequential + torch.optim.SGD, the same loss, in-memory
    batches, torch's own thread pool.
-4. The peak memory of the process.
+6. The evaluation in chunks of 2,000 images (mlp_mnist.EVAL_CHUNK) against one of 10,000,
+   and the peak memory of the process.
 On a GPU there is no CPU floor to compare with: the script prints the device and times.
 """
 import argparse
@@ -27,9 +32,10 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mlp_mnist  # noqa: E402
-from train_utils import LAYER_SIZES  # noqa: E402
+from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
+VMAP_SEEDS = (0, 1, 2)  # as many seeds as the README's comparison trains
 
 
 def matmul_shapes(batch=BATCH, sizes=LAYER_SIZES):
@@ -109,6 +115,18 @@ def pytorch_epochs(train_images, train_labels, test_images, epochs, threads):
     return statistics.median(epoch_times), statistics.median(eval_times)
 
 
+def evaluation_by_chunk(train_set, test_set, chunks, repeats):
+    """-> {chunk: median seconds of mlp_mnist's evaluation of all 70,000 images, `chunk` at a time}."""
+    params = init_params(jax.random.PRNGKey(0))
+    images = [jax.device_put(s.data.numpy()) for s in (train_set, test_set)]
+    seconds = {}
+    for chunk in chunks:
+        mlp_mnist.EVAL_CHUNK = chunk  # predict_all reads it at each call
+        seconds[chunk] = timed(lambda: [mlp_mnist.predict_all(params, i) for i in images], repeats)
+    mlp_mnist.EVAL_CHUNK = chunks[0]
+    return seconds
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description="Training speed of mlp_mnist.py against the matmul floor and PyTorch.")
     p.add_argument("--epochs", type=mlp_mnist.positive_int, default=5,
@@ -151,10 +169,21 @@ def main(argv=None):
     torch.set_num_threads(1)  # as mlp_mnist.main does
     config = mlp_mnist.resolve_config(mlp_mnist.build_parser().parse_args(
         ["--optimizer", "sgd", "--epochs", str(args.epochs), "--data-dir", args.data_dir]))
-    say(f"the project's training (mlp_mnist.train, sgd, {args.epochs} epochs):")
+    say(f"the project's training (mlp_mnist.train, sgd, {args.epochs} epochs, --loader torch):")
     run = mlp_mnist.train(config, train_set, test_set, log=lambda line: say("  " + line))
     project_epoch = statistics.median(r["train_seconds"] for r in run["records"])
     project_eval = statistics.median(r["eval_seconds"] for r in run["records"])
+
+    say(f"\nthe same, --loader device ({args.epochs} epochs):")
+    device_run = mlp_mnist.train(dict(config, loader="device"), train_set, test_set, log=lambda line: say("  " + line))
+    device_epoch = statistics.median(r["train_seconds"] for r in device_run["records"])
+
+    say(f"\n{len(VMAP_SEEDS)} seeds at once (mlp_mnist.train_seeds, {args.epochs} epochs):")
+    seed_runs = mlp_mnist.train_seeds(config, VMAP_SEEDS, train_set, test_set, log=lambda line: say("  " + line))
+    vmap_epoch = statistics.median(r["train_seconds"] for r in seed_runs[0]["records"])
+
+    say("\nevaluation of 70,000 images in chunks of 2,000 and of 10,000 ...")
+    chunk_seconds = evaluation_by_chunk(train_set, test_set, (mlp_mnist.EVAL_CHUNK, 10_000), args.epochs)
 
     say(f"\nPyTorch equivalent ({args.torch_threads} threads, {args.epochs} epochs) ...")
     torch_epoch, torch_eval = pytorch_epochs(train_set.data.numpy(), train_set.targets.numpy(),
@@ -166,12 +195,20 @@ def main(argv=None):
                   project_compile_s=run["compile_seconds"], project_epoch_s=project_epoch,
                   project_eval_s=project_eval, pytorch_epoch_s=torch_epoch, pytorch_eval_s=torch_eval,
                   pytorch_threads=args.torch_threads, pytorch_over_project=torch_epoch / project_epoch,
+                  device_compile_s=device_run["compile_seconds"], device_epoch_s=device_epoch,
+                  device_ten_epochs_s=device_run["compile_seconds"] + 10 * device_epoch,
+                  project_over_device=project_epoch / device_epoch, pytorch_over_device=torch_epoch / device_epoch,
+                  vmap_seeds=len(VMAP_SEEDS), vmap_epoch_s=vmap_epoch, vmap_per_seed_epoch_s=vmap_epoch / len(VMAP_SEEDS),
+                  vmap_per_seed_over_device=vmap_epoch / len(VMAP_SEEDS) / device_epoch,
+                  eval_chunk_s={str(chunk): seconds for chunk, seconds in chunk_seconds.items()},
                   peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     if on_cpu:
         result.update(floor_epoch_s=epoch_flops / big_rate, floor_eval_s=eval_flops / big_rate,
                       shape_floor_epoch_s=shape_floor_step * TRAIN_IMAGES / BATCH,
                       shape_floor_eval_s=forward_floor_chunk * (TRAIN_IMAGES + TEST_IMAGES) / mlp_mnist.EVAL_CHUNK)
         result.update(epoch_over_floor=project_epoch / result["floor_epoch_s"],
+                      device_epoch_over_floor=device_epoch / result["floor_epoch_s"],
+                      device_epoch_over_shape_floor=device_epoch / result["shape_floor_epoch_s"],
                       eval_over_floor=project_eval / result["floor_eval_s"],
                       epoch_over_shape_floor=project_epoch / result["shape_floor_epoch_s"],
                       eval_over_shape_floor=project_eval / result["shape_floor_eval_s"])
@@ -181,17 +218,29 @@ def main(argv=None):
         return
     r = result
     print(f"\n{'':<34} {'seconds':>8} {'floor (2048)':>13} {'/ floor':>8} {'shape floor':>12} {'/ shape':>8}")
-    for label, key in (("project: training epoch", "epoch"), ("project: evaluation (70,000)", "eval")):
+    for label, key in (("torch loader: training epoch", "epoch"), ("evaluation (70,000)", "eval")):
         seconds = r[f"project_{key}_s"]
         if on_cpu:
             print(f"{label:<34} {seconds:8.3f} {r[f'floor_{key}_s']:13.3f} {r[f'{key}_over_floor']:7.2f}x "
                   f"{r[f'shape_floor_{key}_s']:12.3f} {r[f'{key}_over_shape_floor']:7.2f}x")
         else:
             print(f"{label:<34} {seconds:8.3f}")
-    print(f"{'project: compile (apart)':<34} {r['project_compile_s']:8.3f}")
-    print(f"{'PyTorch: training epoch':<34} {r['pytorch_epoch_s']:8.3f}   PyTorch / project = "
-          f"{r['pytorch_over_project']:.2f}x")
+    print(f"{'torch loader: compile (apart)':<34} {r['project_compile_s']:8.3f}")
+    seconds = r["device_epoch_s"]
+    print(f"{'device loader: training epoch':<34} {seconds:8.3f}" + (
+        f" {r['floor_epoch_s']:13.3f} {r['device_epoch_over_floor']:7.2f}x {r['shape_floor_epoch_s']:12.3f} "
+        f"{r['device_epoch_over_shape_floor']:7.2f}x" if on_cpu else ""))
+    print(f"{'device loader: compile (apart)':<34} {r['device_compile_s']:8.3f}")
+    print(f"{f'{len(VMAP_SEEDS)} vmapped seeds: epoch of all':<34} {r['vmap_epoch_s']:8.3f}")
+    print(f"{f'{len(VMAP_SEEDS)} vmapped seeds: per seed':<34} {r['vmap_per_seed_epoch_s']:8.3f}   "
+          f"per seed / device loader = {r['vmap_per_seed_over_device']:.2f}x")
+    print(f"{'PyTorch: training epoch':<34} {r['pytorch_epoch_s']:8.3f}")
     print(f"{'PyTorch: evaluation (70,000)':<34} {r['pytorch_eval_s']:8.3f}")
+    for chunk, chunk_s in r["eval_chunk_s"].items():
+        print(f"{f'evaluation in chunks of {int(chunk):,}':<34} {chunk_s:8.3f}")
+    print(f"\nepoch: DataLoader path / device loader = {r['project_over_device']:.2f}x, PyTorch / device loader = "
+          f"{r['pytorch_over_device']:.2f}x, PyTorch / DataLoader path = {r['pytorch_over_project']:.2f}x")
+    print(f"device loader, 10 epochs with compilation: {r['device_ten_epochs_s']:.2f} s")
     print(f"peak memory of this process: {r['peak_memory_mb']:.0f} MB")
     if on_cpu:
         print("floor (2048): the epoch's FLOP at the 2048x2048 matmul rate; shape floor: each of the step's "

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+import conftest
 import mnist_data
 from fake_mnist import write_fake_mnist
 from mnist_data import ALL_FILES
@@ -79,3 +80,59 @@ def test_batches_match_the_images_they_index(tmp_path):
     images, labels = train_set.__getitems__([5, 0, 7])
     np.testing.assert_array_equal(images.numpy(), train_set.data.numpy()[[5, 0, 7]])
     np.testing.assert_array_equal(labels.numpy(), train_set.targets.numpy()[[5, 0, 7]])
+
+
+# --- Where the tests find the real MNIST (tests/conftest.py) -----------------------------
+
+
+def no_download(monkeypatch):
+    """Make torchvision's download fail at once, as it does offline."""
+    def offline(*args, **kwargs):
+        raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: no network")
+    monkeypatch.setattr(mnist_data.torchvision.datasets, "MNIST", offline)
+
+
+def test_tests_find_mnist_in_mnist_data_dir(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    write_fake_mnist(tmp_path / "mine", gz=True)
+    assert conftest.find_real_mnist({"MNIST_DATA_DIR": str(tmp_path / "mine")}, str(tmp_path / "repo")) == (
+        str(tmp_path / "mine"), None)
+
+
+def test_tests_find_mnist_where_torchvision_downloaded_it(tmp_path, monkeypatch):
+    """A learner's clone: no $MNIST_DATA_DIR, the raw files in ./data/MNIST/raw/."""
+    no_download(monkeypatch)
+    write_fake_mnist(tmp_path / "data" / "MNIST" / "raw")
+    assert conftest.find_real_mnist({}, str(tmp_path)) == (str(tmp_path / "data"), None)
+
+
+def test_tests_skip_without_mnist_offline_but_fail_under_ci(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    path, why = conftest.find_real_mnist({}, str(tmp_path))
+    assert path is None and "download failed" in why and "no network" in why
+    assert not os.path.exists(tmp_path / "data")  # the failed download leaves no empty folders
+    with pytest.raises(pytest.skip.Exception, match="MNIST_DATA_DIR"):
+        conftest.real_mnist_or_skip({}, str(tmp_path))
+    with pytest.raises(pytest.fail.Exception, match="real MNIST unavailable"):
+        conftest.real_mnist_or_skip({"CI": "true"}, str(tmp_path))
+
+
+def test_tests_do_not_skip_a_broken_download(tmp_path, monkeypatch):
+    no_download(monkeypatch)
+    write_fake_mnist(tmp_path / "data")
+    os.remove(tmp_path / "data" / "t10k-labels-idx1-ubyte")
+    with pytest.raises(mnist_data.DataError, match="missing"):
+        conftest.find_real_mnist({}, str(tmp_path))
+
+
+def test_epoch_orders_are_the_data_loaders_batches(tmp_path):
+    """The device loader's order (mnist_data.epoch_orders) is the torch DataLoader's, epoch after epoch."""
+    write_fake_mnist(tmp_path, n_train=300)
+    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+    loader = mnist_data.train_loader(train_set, 128, seed=4)
+    orders = mnist_data.epoch_orders(300, 128, seed=4)
+    for _ in range(3):
+        order = next(orders)
+        assert order.dtype == np.int32 and sorted(order) == list(range(300))
+        images = torch.cat([batch_images for batch_images, _ in loader]).numpy()
+        np.testing.assert_array_equal(images, train_set.data.numpy()[order])

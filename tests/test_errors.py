@@ -313,6 +313,23 @@ def test_failed_write_keeps_the_earlier_file(tmp_path):
     assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left behind
 
 
+def test_failed_plot_keeps_the_metrics(tmp_path, capsys, monkeypatch):
+    """A disk that fills up (or a folder that turns read-only) after training: one line, exit 2,
+    and metrics.json, written before the plots, stays."""
+    write_fake_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+
+    def disk_full(*args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reporting, "plot_confusion", disk_full)
+    status, lines = run_main(capsys, "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--out", str(out))
+    assert status == 2 and len(lines) == 1
+    assert "No space left on device" in lines[0] and "metrics.json" in lines[0]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["status"] == "completed" and metrics["completed_epochs"] == 1
+
+
 def test_divergence_keeps_the_completed_epochs(tmp_path, monkeypatch):
     """The loop's bookkeeping: a NaN loss in epoch 2 stops the run with epoch 1 kept."""
     write_fake_mnist(tmp_path, n_train=256)
@@ -364,9 +381,10 @@ def test_subprocess_bad_argument_exits_2():
     assert status == 2 and "argument --lr" in lines[-1]
 
 
-def test_subprocess_divergence_exits_3(mnist_dir, tmp_path):
+@pytest.mark.parametrize("loader", mlp_mnist.LOADERS)
+def test_subprocess_divergence_exits_3(mnist_dir, tmp_path, loader):
     out = tmp_path / "out"
-    status, _, lines = finish(script("--optimizer", "sgd", "--lr", "1", "--train-subset", "6000",
+    status, _, lines = finish(script("--optimizer", "sgd", "--lr", "1", "--train-subset", "6000", "--loader", loader,
                                      "--data-dir", mnist_dir, "--out", str(out)))
     assert status == 3 and len(lines) == 1
     assert "diverged in epoch 1" in lines[0] and "smaller --lr" in lines[0]
@@ -375,9 +393,10 @@ def test_subprocess_divergence_exits_3(mnist_dir, tmp_path):
     assert sorted(os.listdir(out)) == ["metrics.json"]
 
 
-def test_subprocess_ctrl_c_saves_completed_epochs(mnist_dir, tmp_path):
+@pytest.mark.parametrize("loader", mlp_mnist.LOADERS)
+def test_subprocess_ctrl_c_saves_completed_epochs(mnist_dir, tmp_path, loader):
     out = tmp_path / "out"
-    proc = script("--optimizer", "adam", "--epochs", "1000", "--train-subset", "10000",
+    proc = script("--optimizer", "adam", "--epochs", "1000", "--train-subset", "10000", "--loader", loader,
                   "--data-dir", mnist_dir, "--out", str(out))
     deadline = time.time() + 240
     while not (out / "metrics.json").exists() and time.time() < deadline and proc.poll() is None:

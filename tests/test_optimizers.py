@@ -151,3 +151,39 @@ def test_adam_bias_correction_starts_at_t_equals_1():
     assert int(state.step) == 1
     for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new_params)):
         np.testing.assert_allclose(p - q, LR * 1e-3 / (1e-3 + HYPER["eps"]), rtol=0, atol=1e-6)
+
+
+def random_gradients(steps=50, seed=3):
+    """A sequence of gradient pytrees (one (4, 3) leaf) whose signs and sizes vary from step to step."""
+    keys = jax.random.split(jax.random.PRNGKey(seed), steps)
+    return [{"w": jax.random.normal(k, (4, 3)) * jnp.exp(jax.random.normal(k, (4, 3)))} for k in keys]
+
+
+def moves(name, grads, **hyper):
+    """-> the per-step moves |theta_t+1 - theta_t| (steps, 4, 3) of optimizer `name` fed `grads`."""
+    opt = make_optimizer(name, LR, **dict(HYPER, **hyper))
+    params = {"w": jnp.zeros((4, 3))}
+    state, steps = opt.init(params), []
+    for g in grads:
+        new_params, state = opt.update(g, state, params)
+        steps.append(jnp.abs(new_params["w"] - params["w"]))
+        params = new_params
+    return np.array(steps)
+
+
+@pytest.mark.parametrize("name", ["rmsprop", "adam"])
+def test_step_size_does_not_depend_on_the_gradient_scale(name):
+    """Dividing by the root mean square of g: the same steps for g and for 1000 g (eps = 0 makes it exact)."""
+    grads = random_gradients()
+    scaled = [jax.tree_util.tree_map(lambda g: 1000 * g, g) for g in grads]
+    np.testing.assert_allclose(moves(name, grads, eps=0.0), moves(name, scaled, eps=0.0), rtol=1e-4)
+    assert moves("sgd", scaled).sum() > 900 * moves("sgd", grads).sum()  # while SGD's scale with g
+
+
+def test_rmsprop_steps_are_at_most_lr_over_sqrt_one_minus_rho():
+    """s >= (1 - rho) g^2, so |step| = lr |g| / sqrt(s) <= lr / sqrt(1 - rho); the first step (s = (1 - rho) g^2)
+    reaches the bound, and later ones are shorter."""
+    bound = LR / np.sqrt(1 - HYPER["rho"])
+    steps = moves("rmsprop", random_gradients(), eps=0.0)
+    np.testing.assert_allclose(steps[0], bound, rtol=1e-5)
+    assert steps.max() <= bound * (1 + 1e-5) and np.median(steps[1:]) < 0.5 * bound
