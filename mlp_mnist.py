@@ -39,7 +39,7 @@ MU = 0.9  # momentum and Nesterov: how much of the previous velocity is kept
 RHO = 0.9  # RMSProp: decay of the moving average of g^2 (optax's and Hinton's choice)
 BETA1, BETA2 = 0.9, 0.999  # Adam: decays of the moving averages of g and g^2 (the paper's)
 EPS = 1e-8  # RMSProp and Adam: added to sqrt(.) so that a tiny gradient cannot blow up a step
-EVAL_CHUNK = 2_000  # images per evaluation call: activations stay in cache (~20% faster than 10,000 here)
+EVAL_CHUNK = 2_000  # images per evaluation call: activations stay in cache (10,000 at once took 1.65x as long here)
 
 LOADERS = ("torch", "device")  # the DataLoader path is the default: the way JAX's tutorial feeds data
 

@@ -13,6 +13,7 @@ Measured in one run, so that the ratios are fair on a noisy machine:
    compiled program (jax.lax.scan over the same batches).
 4. --vmap-seeds: 3 seeds trained at once by the device path under jax.vmap; the epoch of
    all three, and its share per seed.
+   And the DataLoader alone: one epoch of its batches, with no training.
 5. The PyTorch equivalent: nn.Sequential + torch.optim.SGD, the same loss, in-memory
    batches, torch's own thread pool.
 6. The evaluation in chunks of 2,000 images (mlp_mnist.EVAL_CHUNK) against one of 10,000,
@@ -20,6 +21,7 @@ Measured in one run, so that the ratios are fair on a noisy machine:
 On a GPU there is no CPU floor to compare with: the script prints the device and times.
 """
 import argparse
+import functools
 import json
 import os
 import resource
@@ -28,10 +30,12 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mlp_mnist  # noqa: E402
+import mnist_data  # noqa: E402
 from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
@@ -73,16 +77,28 @@ def timed(fn, repeats):
 
 
 def matmul_rate(m, k, n, seconds=0.5):
-    """XLA's float32 rate (FLOP/s) on an (m, k) @ (k, n) product, many in a row."""
+    """XLA's float32 rate (FLOP/s) on an (m, k) @ (k, n) product, many in a row inside one program.
+
+    One program, so that no dispatch from Python sits between two products (it would cost
+    more than a small product here). Each product's input is scaled by a number taken from
+    the one before (always 1, but XLA cannot know it), so none can be hoisted or skipped;
+    the scaling and the max are a pass over (m, k) and (m, n), small against the product's 2 m k n.
+    """
     key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
     a, b = jax.random.normal(key_a, (m, k)), jax.random.normal(key_b, (k, n))
-    product = jax.jit(lambda a, b: a @ b)
-    product(a, b).block_until_ready()
+
+    @functools.partial(jax.jit, static_argnums=2)
+    def products(a, b, count):
+        def one(_, scale):
+            return 1 + 0 * jnp.max((scale * a) @ b)  # all of the product is needed
+        return jax.lax.fori_loop(0, count, one, jnp.float32(1))
+
+    products(a, b, 1).block_until_ready()
     start = time.perf_counter()
-    product(a, b).block_until_ready()
-    calls = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
-    seconds_per_call = timed(lambda: [product(a, b) for _ in range(calls)][-1].block_until_ready(), 5) / calls
-    return 2 * m * k * n / seconds_per_call
+    products(a, b, 1).block_until_ready()
+    count = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
+    seconds_per_product = timed(lambda: products(a, b, count).block_until_ready(), 5) / count
+    return 2 * m * k * n / seconds_per_product
 
 
 def pytorch_epochs(train_images, train_labels, test_images, epochs, threads):
@@ -182,6 +198,10 @@ def main(argv=None):
     seed_runs = mlp_mnist.train_seeds(config, VMAP_SEEDS, train_set, test_set, log=lambda line: say("  " + line))
     vmap_epoch = statistics.median(r["train_seconds"] for r in seed_runs[0]["records"])
 
+    say("\nthe DataLoader alone: one epoch of batches, no training ...")
+    loader = mnist_data.train_loader(train_set, BATCH, seed=0)
+    loader_epoch = timed(lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.epochs)
+
     say("\nevaluation of 70,000 images in chunks of 2,000 and of 10,000 ...")
     chunk_seconds = evaluation_by_chunk(train_set, test_set, (mlp_mnist.EVAL_CHUNK, 10_000), args.epochs)
 
@@ -195,6 +215,7 @@ def main(argv=None):
                   project_compile_s=run["compile_seconds"], project_epoch_s=project_epoch,
                   project_eval_s=project_eval, pytorch_epoch_s=torch_epoch, pytorch_eval_s=torch_eval,
                   pytorch_threads=args.torch_threads, pytorch_over_project=torch_epoch / project_epoch,
+                  loader_epoch_s=loader_epoch,
                   device_compile_s=device_run["compile_seconds"], device_epoch_s=device_epoch,
                   device_ten_epochs_s=device_run["compile_seconds"] + 10 * device_epoch,
                   project_over_device=project_epoch / device_epoch, pytorch_over_device=torch_epoch / device_epoch,
@@ -226,6 +247,7 @@ def main(argv=None):
         else:
             print(f"{label:<34} {seconds:8.3f}")
     print(f"{'torch loader: compile (apart)':<34} {r['project_compile_s']:8.3f}")
+    print(f"{'the DataLoader alone, no training':<34} {r['loader_epoch_s']:8.3f}")
     seconds = r["device_epoch_s"]
     print(f"{'device loader: training epoch':<34} {seconds:8.3f}" + (
         f" {r['floor_epoch_s']:13.3f} {r['device_epoch_over_floor']:7.2f}x {r['shape_floor_epoch_s']:12.3f} "
