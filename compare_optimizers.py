@@ -7,7 +7,8 @@
 Each configuration is trained once per seed with mlp_mnist.train (same data, model and
 step as mlp_mnist.py); with --vmap-seeds, all the seeds of a configuration train together
 as one program (mlp_mnist.train_seeds: the device loader's epoch under jax.vmap, the seed
-axis sharded across the JAX devices when there are several), with the same results.
+axis sharded across the JAX devices when there are several), with the same results to
+float rounding (Adam's runs drift apart over many steps: see the README).
 Writes, atomically, into a new or empty --out folder:
   summary.json  every run's per-epoch records, and per configuration the mean and standard
                 deviation over seeds of the final train and test accuracy and of epoch time

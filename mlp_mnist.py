@@ -269,9 +269,10 @@ def train_seeds(config, seeds, train_set, test_set, log=print):
 
     The device loader's epoch under jax.vmap: params, optimizer state and batch orders gain
     a leading seed axis, the images are shared. With several JAX devices the seed axis is
-    sharded across them (seed_shardings). Each seed's numbers equal a train() run with that
-    seed and the device loader, to float rounding. A seed whose loss diverges stops
-    recording; the others go on.
+    sharded across them (seed_shardings). Each seed's steps equal those of a train() run with
+    that seed, to float rounding; over many steps Adam can turn those rounding differences
+    into visible ones (see the README). A seed whose loss diverges stops recording; the
+    others go on.
     """
     return _train(dict(config, loader="device"), list(seeds), train_set, test_set,
                   on_epoch=lambda records_per_seed: None, log=log, seed_axis=True)

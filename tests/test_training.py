@@ -217,3 +217,19 @@ def test_seed_shardings_use_the_devices_that_divide_the_seeds(monkeypatch):
     assert mlp_mnist.seed_shardings(8)[0].mesh.size == 4
     assert mlp_mnist.seed_shardings(3)[0].mesh.size == 3
     assert mlp_mnist.seed_shardings(5)[0].mesh.size == 1  # no split of 5 seeds fits 4 devices evenly
+
+
+def test_a_diverging_seed_stops_and_the_others_go_on(fake_data):
+    """SGD at lr 30 on these images: some seeds blow up (NaN loss) in epoch 2 or 3, one does not.
+    Together or alone, each seed stops at the same epoch with the same records."""
+    _, (train_set, test_set) = fake_data
+    config = config_for("sgd", epochs=3, lr=30.0, loader="device")
+    together = mlp_mnist.train_seeds(config, [0, 1, 2, 3], train_set, test_set, log=lambda line: None)
+    statuses = [run["status"] for run in together]
+    assert "completed" in statuses and any(s.startswith("diverged") for s in statuses), statuses
+    for seed, run in zip([0, 1, 2, 3], together):
+        alone = mlp_mnist.train(dict(config, seed=seed), train_set, test_set, log=lambda line: None)
+        assert run["status"] == alone["status"]
+        completed_epochs = 3 if run["status"] == "completed" else int(run["status"].split()[-1]) - 1
+        assert len(run["records"]) == completed_epochs
+        assert_same_records(run["records"], alone["records"])
