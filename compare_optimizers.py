@@ -83,8 +83,7 @@ def run_config(args, overrides, seed):
     """The full mlp_mnist configuration of one run: its defaults, the comparison's settings, the seed."""
     defaults = mlp_mnist.build_parser().parse_args([])
     vars(defaults).update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
-                          train_subset=args.train_subset, data_dir=args.data_dir, out=None,
-                          loader="device" if args.vmap_seeds else args.loader)
+                          train_subset=args.train_subset, data_dir=args.data_dir, out=None, loader=args.loader)
     return mlp_mnist.resolve_config(defaults)  # fills in the optimizer's lr unless overrides set one
 
 
@@ -161,8 +160,7 @@ def write_results(out, args, runs, total_seconds, interrupted):
     summary = summarise(runs)
     reporting.write_json(f"{out}/summary.json", dict(
         command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
-        seeds=args.seeds, epochs=args.epochs, loader=runs[0]["config"]["loader"] if runs else args.loader,
-        vmap_seeds=args.vmap_seeds, total_seconds=total_seconds,
+        seeds=args.seeds, epochs=args.epochs, loader=args.loader, vmap_seeds=args.vmap_seeds, total_seconds=total_seconds,
         environment=mlp_mnist.environment(), summary=summary,
         runs=runs))
     reporting.write_text(f"{out}/summary.md", markdown_table(summary, args.vmap_seeds))
@@ -174,6 +172,8 @@ def write_results(out, args, runs, total_seconds, interrupted):
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.vmap_seeds:
+        args.loader = "device"  # the seeds share one program: the device loader's epoch under jax.vmap
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
     train_set, test_set = mlp_mnist.load_data_or_exit(parser, args.data_dir, args.train_subset,
                                                       args.batch_size, args.out)
@@ -181,20 +181,20 @@ def main(argv=None):
     start, runs, interrupted = time.perf_counter(), [], False
     log = lambda line: print("   " + line, flush=True)  # noqa: E731
     for label, overrides in args.configs:
+        configs = [run_config(args, overrides, seed) for seed in args.seeds]
         if args.vmap_seeds:
             print(f"== {label}, seeds {' '.join(map(str, args.seeds))} at once", flush=True)
-            seed_runs = mlp_mnist.train_seeds(run_config(args, overrides, args.seeds[0]), args.seeds,
-                                              train_set, test_set, log=log)
+            seed_runs = mlp_mnist.train_seeds(configs[0], args.seeds, train_set, test_set, log=log)
         else:
             seed_runs = []
-            for seed in args.seeds:
+            for seed, config in zip(args.seeds, configs):
                 print(f"== {label}, seed {seed} ({len(runs) + len(seed_runs) + 1} of "
                       f"{len(args.configs) * len(args.seeds)})", flush=True)
-                seed_runs.append(mlp_mnist.train(run_config(args, overrides, seed), train_set, test_set, log=log))
+                seed_runs.append(mlp_mnist.train(config, train_set, test_set, log=log))
                 if seed_runs[-1]["status"] == "interrupted":
                     break
-        for seed, run in zip(args.seeds, seed_runs):
-            runs.append(dict(label=label, seed=seed, config=run_config(args, overrides, seed), status=run["status"],
+        for seed, config, run in zip(args.seeds, configs, seed_runs):
+            runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
                              compile_seconds=run["compile_seconds"], records=run["records"]))
         if any(run["status"] == "interrupted" for run in seed_runs):
             interrupted = True

@@ -221,13 +221,14 @@ _predict_chunk = jax.jit(predicted_class_uint8)
 _predict_chunk_per_seed = jax.jit(jax.vmap(predicted_class_uint8, in_axes=(0, None)))  # params (S, ...)
 
 
-def predict_all(params, images, seed_axis=False):
-    """images uint8 (N, 28, 28) on the device -> predicted digits (N,) numpy, EVAL_CHUNK at a time.
+def predict_all(params, images, seed_axis=False, chunk=None):
+    """images uint8 (N, 28, 28) on the device -> predicted digits (N,) numpy, `chunk` (EVAL_CHUNK) at a time.
 
     With seed_axis, params carry a leading axis of S models and the result is (S, N).
     """
     predict = _predict_chunk_per_seed if seed_axis else _predict_chunk
-    chunks = [predict(params, images[i:i + EVAL_CHUNK]) for i in range(0, len(images), EVAL_CHUNK)]
+    chunk = chunk or EVAL_CHUNK
+    chunks = [predict(params, images[i:i + chunk]) for i in range(0, len(images), chunk)]
     return np.concatenate(jax.device_get(chunks), axis=-1)
 
 
@@ -282,7 +283,6 @@ def _train(config, seeds, train_set, test_set, on_epoch, log, seed_axis):
     """train() and train_seeds(): S = len(seeds) models; without seed_axis, S is 1 and no axis is added."""
     optimizer = make_optimizer(config["optimizer"], config["lr"], mu=config["mu"], rho=config["rho"],
                                beta1=config["beta1"], beta2=config["beta2"], eps=config["eps"])
-    n, batch_size = len(train_set), config["batch_size"]
     if seed_axis:
         per_seed, shared = seed_shardings(len(seeds))
         params = jax.device_put(stack_trees([init_params(jax.random.PRNGKey(s)) for s in seeds]), per_seed)

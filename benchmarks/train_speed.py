@@ -135,12 +135,8 @@ def evaluation_by_chunk(train_set, test_set, chunks, repeats):
     """-> {chunk: median seconds of mlp_mnist's evaluation of all 70,000 images, `chunk` at a time}."""
     params = init_params(jax.random.PRNGKey(0))
     images = [jax.device_put(s.data.numpy()) for s in (train_set, test_set)]
-    seconds = {}
-    for chunk in chunks:
-        mlp_mnist.EVAL_CHUNK = chunk  # predict_all reads it at each call
-        seconds[chunk] = timed(lambda: [mlp_mnist.predict_all(params, i) for i in images], repeats)
-    mlp_mnist.EVAL_CHUNK = chunks[0]
-    return seconds
+    return {chunk: timed(lambda: [mlp_mnist.predict_all(params, i, chunk=chunk) for i in images], repeats)
+            for chunk in chunks}
 
 
 def main(argv=None):
