@@ -29,7 +29,8 @@ from tqdm import tqdm
 import mnist_data
 import reporting
 from optimized_sgd import OPTIMIZERS, make_optimizer
-from train_utils import LAYER_SIZES, batch_from_uint8, init_params, loss, predicted_class
+from reporting import positive_float, positive_int, unit_interval  # noqa: F401 (the other scripts use them from here)
+from train_utils import LAYER_SIZES, batch_from_uint8, init_params, inputs_from_uint8, loss, make_step, predicted_class
 
 # --- Defaults: with these, each optimizer reproduces the README's table ----------------
 EPOCHS = 10  # the README's runs are 10 epochs long
@@ -47,29 +48,6 @@ EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_INTERRUPTED = 2, 3, 130
 
 
 # --- Command line --------------------------------------------------------------------
-
-
-def _number(text, kind, check, requirement):
-    """An argparse type: parse `text` with `kind`, require check(value), else a usage error."""
-    try:
-        value = kind(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not check(value):
-        raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
-    return value
-
-
-def positive_float(text):
-    return _number(text, float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
-
-
-def positive_int(text):
-    return _number(text, int, lambda v: v >= 1, "a whole number >= 1")
-
-
-def unit_interval(text):
-    return _number(text, float, lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 def build_parser():
@@ -157,11 +135,10 @@ def make_train_step(optimizer):
     its accuracies at theta.
     """
 
+    step = make_step(optimizer, loss)
+
     def train_step(params, opt_state, images, labels):
-        batch = batch_from_uint8(images, labels)
-        batch_loss, grads = jax.value_and_grad(loss)(optimizer.grad_point(params, opt_state), batch)
-        params, opt_state = optimizer.update(grads, opt_state, params)
-        return params, opt_state, batch_loss
+        return step(params, opt_state, batch_from_uint8(images, labels))
 
     return train_step
 
@@ -214,7 +191,7 @@ def make_device_epoch(optimizer, n, batch_size):
 
 def predicted_class_uint8(params, images):
     """images uint8 (B, 28, 28) -> predicted digits (B,) int32."""
-    return predicted_class(params, images.reshape(images.shape[0], -1).astype(jnp.float32))
+    return predicted_class(params, inputs_from_uint8(images))
 
 
 _predict_chunk = jax.jit(predicted_class_uint8)

@@ -1,9 +1,18 @@
-"""Writing results: the --out folder, atomic files, and the plots (matplotlib, no display).
+"""What every script shares on its way in and out: argparse number types, the --out folder
+and output files, atomic writes, and the plots (matplotlib, no display).
+
+One rule for every flag that writes (--out, --plot, --json FILE): nothing that exists is
+overwritten or mixed in. --out must be a new or empty folder; an output file must not exist
+yet. A refusal is one line (OutDirError) and the scripts exit with status 2. A folder that a
+run created and left empty (it failed before writing anything) is removed when it exits.
 
 Every file is written to a temporary name in the same folder and then renamed over the
 final name, so an interrupted or failed run never leaves a half-written file behind.
 """
+import argparse
+import atexit
 import json
+import math
 import os
 import tempfile
 
@@ -14,22 +23,83 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
+# --- Command-line numbers ----------------------------------------------------------------
+
+
+def number_type(kind, check, requirement):
+    """An argparse type: parse with `kind` (int or float), require check(value), else a usage error.
+
+    number_type(float, lambda v: v > 0, "positive")("-1") -> ArgumentTypeError("-1 is not positive")
+    """
+
+    def parse(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
+        return value
+
+    return parse
+
+
+positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
+unit_interval = number_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+# --- Where results go ---------------------------------------------------------------------
+
+
 class OutDirError(Exception):
-    """--out cannot be used; the message is one line for the user."""
+    """An output folder or file cannot be used; the message is one line for the user."""
 
 
-def claim_out_dir(path):
+_created_out_dirs = []  # folders claim_out_dir made: removed at exit if the run left them empty
+
+
+def claim_out_dir(path, flag="--out"):
     """Create --out, or accept it when empty; refuse a folder that already holds files."""
     if os.path.exists(path) and not os.path.isdir(path):
-        raise OutDirError(f"--out {path}: is a file, not a folder")
+        raise OutDirError(f"{flag} {path}: is a file, not a folder")
     if os.path.isdir(path) and os.listdir(path):
         shown = ", ".join(sorted(os.listdir(path))[:3])
-        raise OutDirError(f"--out {path}: already holds files ({shown}, ...); a run never mixes its "
+        raise OutDirError(f"{flag} {path}: already holds files ({shown}, ...); a run never mixes its "
                           f"results with another's: choose a new or empty folder")
+    missing = []
+    parent = os.path.abspath(path)
+    while not os.path.exists(parent):
+        missing.append(parent)
+        parent = os.path.dirname(parent)
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as err:
-        raise OutDirError(f"--out {path}: cannot be created ({err.strerror or err})") from None
+        raise OutDirError(f"{flag} {path}: cannot be created ({err.strerror or err})") from None
+    if missing and not _created_out_dirs:
+        atexit.register(remove_unused_out_dirs)
+    _created_out_dirs.extend(missing)  # deepest first
+
+
+def remove_unused_out_dirs():
+    """Remove the folders claim_out_dir created that are still empty (a run that failed early)."""
+    while _created_out_dirs:
+        folder = _created_out_dirs.pop(0)
+        try:
+            if os.path.isdir(folder) and not os.listdir(folder):
+                os.rmdir(folder)
+        except OSError:
+            pass  # not ours to worry about: it stays
+
+
+def claim_out_file(path, flag):
+    """Accept an output file that does not exist yet in an existing folder; refuse anything else."""
+    if os.path.lexists(path):
+        raise OutDirError(f"{flag} {path}: already exists; a run never overwrites a file: choose a new "
+                          f"name, or move the old file away first")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise OutDirError(f"{flag} {path}: the folder {os.path.dirname(path) or '.'} does not exist")
 
 
 def _atomic_write(path, write):

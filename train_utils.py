@@ -67,10 +67,14 @@ def predicted_class(params, inputs):
     return jnp.argmax(predict(params, inputs), axis=1)
 
 
+def inputs_from_uint8(images):
+    """uint8 images (B, 28, 28) -> inputs (B, 784) float32, the raw pixel values 0-255 (no normalisation)."""
+    return images.reshape(images.shape[0], -1).astype(jnp.float32)
+
+
 def batch_from_uint8(images, labels):
     """uint8 images (B, 28, 28), int labels (B,) -> batch (inputs (B, 784) float32 0-255, one-hot (B, 10))."""
-    inputs = images.reshape(images.shape[0], -1).astype(jnp.float32)  # raw pixel values, no normalisation
-    return inputs, jax.nn.one_hot(labels, LAYER_SIZES[-1], dtype=jnp.float32)
+    return inputs_from_uint8(images), jax.nn.one_hot(labels, LAYER_SIZES[-1], dtype=jnp.float32)
 
 
 # --- Optimizers -------------------------------------------------------------------------
@@ -86,6 +90,23 @@ class Optimizer(NamedTuple):
     init: Callable
     update: Callable
     grad_point: Callable
+
+
+def make_step(optimizer, loss_fn):
+    """One step of any optimizer on loss_fn(params, batch), as a pure function (callers jit or scan it).
+
+    (params, state, batch) -> (params, state, loss). The gradient is taken at
+    optimizer.grad_point(params, state): the params themselves, or Nesterov's look-ahead.
+    The loss comes free with that gradient, so it is the loss at that same point, before
+    the update. mlp_mnist.py, optimizer_paths.py and sharpness.py all step through this.
+    """
+
+    def step(params, state, batch):
+        value, grads = jax.value_and_grad(loss_fn)(optimizer.grad_point(params, state), batch)
+        params, state = optimizer.update(grads, state, params)
+        return params, state, value
+
+    return step
 
 
 def at_params(params, state):
