@@ -14,7 +14,10 @@ import atexit
 import json
 import math
 import os
+import platform
+import statistics
 import tempfile
+import time
 
 import matplotlib
 
@@ -47,6 +50,45 @@ def number_type(kind, check, requirement):
 positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
 positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
 unit_interval = number_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+# --- Timing and the machine ---------------------------------------------------------------
+
+
+def median_seconds(call, repeats=None, seconds=None):
+    """Median wall-clock seconds of call() after one warm-up call -> (median, repeats).
+
+    call() must block until its work is done (JAX: block_until_ready). Either `repeats`
+    calls are timed, or as many as fit in about `seconds` (3 to 10,000).
+    """
+    call()  # warm-up, not counted
+    if repeats is None:
+        start = time.perf_counter()
+        call()
+        one = time.perf_counter() - start
+        repeats = int(min(10_000, max(3, seconds / max(one, 1e-7))))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), repeats
+
+
+def machine():
+    """What the numbers were measured on: CPU model, its flags, cores, memory (Linux; None elsewhere)."""
+    info = dict(cpu_model=platform.processor() or None, cpu_flags=None, cpu_count=os.cpu_count(), memory_gb=None)
+    try:
+        with open("/proc/cpuinfo") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)  # the last CPU's, all alike
+        info["cpu_model"] = fields.get("model name\t", "").strip() or info["cpu_model"]
+        info["cpu_flags"] = fields.get("flags\t\t", "").strip() or None
+        with open("/proc/meminfo") as f:
+            kib = int(next(line for line in f if line.startswith("MemTotal:")).split()[1])
+        info["memory_gb"] = round(kib / 2 ** 20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    return info
 
 
 # --- Where results go ---------------------------------------------------------------------

@@ -25,6 +25,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import reporting
+
 LOOP_MAX_SIZE = 100_000  # a Python loop is timed only up to this size (~0.1 s a call here)
 POLY = (0.5, -1.25, 2.0, 0.75, -0.5)  # p(x) = 0.5 x^4 - 1.25 x^3 + 2 x^2 + 0.75 x - 0.5
 
@@ -97,33 +99,18 @@ def check_correctness(configs, x_host, x_device):
     return first_call
 
 
-def time_calls(call, seconds):
-    """Median seconds of call() over as many repeats as fit in ~`seconds` (3 to 10,000)."""
-    call()  # warm-up, not counted
-    start = time.perf_counter()
-    call()
-    one = time.perf_counter() - start
-    repeats = int(min(10_000, max(3, seconds / max(one, 1e-7))))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), repeats
-
-
 def measure_size(size, seconds, configs):
     """All timings for one vector size -> dict with one row per configuration."""
     x_host = np.random.default_rng(0).uniform(-2, 2, size).astype(np.float32)
     timed = {name: c for name, c in configs.items() if name != "python loop" or size <= LOOP_MAX_SIZE}
     x_device = jax.device_put(x_host).block_until_ready()
     first_call = check_correctness(timed, x_host, x_device)
-    transfer, _ = time_calls(lambda: jax.device_put(x_host).block_until_ready(), seconds / 4)
+    transfer, _ = reporting.median_seconds(lambda: jax.device_put(x_host).block_until_ready(), seconds=seconds / 4)
 
     rows = {}
     for name, (fn, backend, kind) in timed.items():
         x = x_device if backend == "jax" else x_host
-        median, repeats = time_calls(lambda: wait(fn(x)), seconds)
+        median, repeats = reporting.median_seconds(lambda: wait(fn(x)), seconds=seconds)
         rows[name] = dict(kind=kind, first_call_s=first_call[name], median_s=median, repeats=repeats,
                           gb_per_s=8 * size / median / 1e9)  # 4 bytes read + 4 written per element
     for row in rows.values():
@@ -157,7 +144,6 @@ def format_table(result):
 
 def plot(results, path):
     """Median time against size, log-log, one line per configuration."""
-    import reporting  # matplotlib, only when a plot is asked for
 
     fig, ax = reporting.plt.subplots(figsize=(7, 4.5))
     for name in CONFIGURATIONS:

@@ -36,6 +36,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import mlp_mnist  # noqa: E402
 import mnist_data  # noqa: E402
+import reporting  # noqa: E402
 from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
@@ -65,17 +66,6 @@ def flops_per_image(shapes=None):
     return train, forward
 
 
-def timed(fn, repeats):
-    """Median seconds of fn() (which must block until its work is done) over repeats, after a warm-up."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def matmul_rate(m, k, n, seconds=0.5):
     """XLA's float32 rate (FLOP/s) on an (m, k) @ (k, n) product, many in a row inside one program.
 
@@ -97,7 +87,7 @@ def matmul_rate(m, k, n, seconds=0.5):
     start = time.perf_counter()
     products(a, b, 1).block_until_ready()
     count = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
-    seconds_per_product = timed(lambda: products(a, b, count).block_until_ready(), 5) / count
+    seconds_per_product = reporting.median_seconds(lambda: products(a, b, count).block_until_ready(), repeats=5)[0] / count
     return 2 * m * k * n / seconds_per_product
 
 
@@ -135,7 +125,7 @@ def evaluation_by_chunk(train_set, test_set, chunks, repeats):
     """-> {chunk: median seconds of mlp_mnist's evaluation of all 70,000 images, `chunk` at a time}."""
     params = init_params(jax.random.PRNGKey(0))
     images = [jax.device_put(s.data.numpy()) for s in (train_set, test_set)]
-    return {chunk: timed(lambda: [mlp_mnist.predict_all(params, i, chunk=chunk) for i in images], repeats)
+    return {chunk: reporting.median_seconds(lambda: [mlp_mnist.predict_all(params, i, chunk=chunk) for i in images], repeats)[0]
             for chunk in chunks}
 
 
@@ -196,7 +186,7 @@ def main(argv=None):
 
     say("\nthe DataLoader alone: one epoch of batches, no training ...")
     loader = mnist_data.train_loader(train_set, BATCH, seed=0)
-    loader_epoch = timed(lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.epochs)
+    loader_epoch, _ = reporting.median_seconds(lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.epochs)
 
     say("\nevaluation of 70,000 images in chunks of 2,000 and of 10,000 ...")
     chunk_seconds = evaluation_by_chunk(train_set, test_set, (mlp_mnist.EVAL_CHUNK, 10_000), args.epochs)
