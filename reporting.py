@@ -134,6 +134,19 @@ def remove_unused_out_dirs():
             pass  # not ours to worry about: it stays
 
 
+RUNS_DIR = "runs"  # git-ignored: where the scripts write by default; results/ is only ever written on request
+
+
+def default_out_dir(name):
+    """The default --out of a script: runs/NAME, or runs/NAME-2, -3, ... when that one holds files.
+
+    A learner can run the same command twice and lose nothing; an explicit --out is never
+    renamed, only refused when it holds files.
+    """
+    candidates = [os.path.join(RUNS_DIR, name)] + [os.path.join(RUNS_DIR, f"{name}-{i}") for i in range(2, 10_000)]
+    return next(c for c in candidates if not (os.path.isdir(c) and os.listdir(c)) and not os.path.isfile(c))
+
+
 def claim_out_file(path, flag):
     """Accept an output file that does not exist yet in an existing folder; refuse anything else."""
     if os.path.lexists(path):
