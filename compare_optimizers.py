@@ -1,17 +1,19 @@
 """Compare the optimizers over several seeds: the README's table and curves in one command.
 
-    python compare_optimizers.py --seeds 0 1 2 --out results/comparison
+    python compare_optimizers.py                    # writes runs/comparison/
     python compare_optimizers.py --configs sgd adam:lr=0.0003 --seeds 0 --out runs/try
-    python compare_optimizers.py --seeds 0 1 2 --vmap-seeds --out runs/at-once
+    python compare_optimizers.py --vmap-seeds --out runs/at-once
 
 Each configuration is trained once per seed with mlp_mnist.train (same data, model and
 step as mlp_mnist.py); with --vmap-seeds, all the seeds of a configuration train together
-as one program (mlp_mnist.train_seeds: the device loader's epoch under jax.vmap, the seed
+as one program (many_models.train_many: the device loader's epoch under jax.vmap, the seed
 axis sharded across the JAX devices when there are several), with the same results to
-float rounding (Adam's runs drift apart over many steps: see the README).
-Writes, atomically, into a new or empty --out folder:
+float rounding (Adam's runs drift apart over many steps: see docs/04-mnist-comparison.md).
+Writes, atomically, into a new or empty --out folder (default runs/comparison, numbered
+when taken):
   summary.json  every run's per-epoch records, and per configuration the mean and standard
-                deviation over seeds of the final train and test accuracy and of epoch time
+                deviation over the seeds that completed every epoch of the final train and
+                test accuracy and of epoch time; the other seeds are listed apart
   summary.md    that table in Markdown (the README embeds it)
   curves.png    test error and training loss against epoch, a band for the seed spread
 Exit status: 0 done, 2 bad input, 130 interrupted (the completed runs are still written).
@@ -25,14 +27,16 @@ import numpy as np
 from matplotlib.ticker import FormatStrFormatter
 import torch
 
+import many_models
 import mlp_mnist
 import reporting
 from optimized_sgd import OPTIMIZERS
 
-# The README's comparison: every optimizer at the README's learning rate, then the two
-# settings the sweeps in results/sweep*/ found (see the README's "RMSProp, finished").
+# The comparison of docs/04: every optimizer at its default learning rate, then two settings
+# of docs/05 that were picked on the TEST set by the sweeps in results/sweep*/ (labelled so
+# there; docs/07 makes every choice on validation data instead).
 COMPARISON = ["sgd", "momentum", "nesterov", "rmsprop", "adam",
-              "rmsprop:lr=0.0003,rho=0.9",  # RMSProp fixed: its steps are ~lr, so lr is 3% of the weights' scale
+              "rmsprop:lr=0.0003,rho=0.9",  # RMSProp with steps small against the weights (docs/05)
               "adam:eps=0.01"]  # Adam with eps above sqrt(v): small gradients no longer get full-size steps
 SEEDS = [0, 1, 2]  # three seeds: enough for a mean and a spread
 HYPERPARAMETERS = {"lr": mlp_mnist.positive_float, "mu": mlp_mnist.unit_interval, "rho": mlp_mnist.unit_interval,
@@ -50,7 +54,10 @@ def config_spec(text):
         key, _, value = item.partition("=")
         if key not in HYPERPARAMETERS:
             raise argparse.ArgumentTypeError(f"{text!r}: unknown setting {key!r} (choose from {', '.join(HYPERPARAMETERS)})")
-        overrides[key] = HYPERPARAMETERS[key](value)
+        try:
+            overrides[key] = HYPERPARAMETERS[key](value)
+        except argparse.ArgumentTypeError as err:
+            raise argparse.ArgumentTypeError(f"{text!r}: {key}: {err}") from None
     label = " ".join([name] + [f"{k}={v}" for k, v in overrides.items() if k != "optimizer"])
     return label, overrides
 
@@ -67,15 +74,17 @@ def build_parser():
     p.add_argument("--batch-size", type=mlp_mnist.positive_int, default=mlp_mnist.BATCH_SIZE, help="images per step (default: %(default)s)")
     p.add_argument("--train-subset", type=mlp_mnist.positive_int, default=None, metavar="N",
                    help="train on the first N training images only (default: all 60,000)")
+    mlp_mnist.add_val_size_argument(p)
     mlp_mnist.add_loader_argument(p)
     p.add_argument("--vmap-seeds", action="store_true",
                    help="train all the seeds of a configuration at once, as one program: the device loader's "
                         "epoch under jax.vmap over a seed axis (implies --loader device); seconds per epoch "
                         "are then for all the seeds together")
     mlp_mnist.add_data_dir_argument(p)
-    p.add_argument("--out", required=True, metavar="DIR",
+    p.add_argument("--out", default=None, metavar="DIR",
                    help="new or empty folder for summary.json, summary.md and curves.png (a folder "
-                        "that holds files is refused, so earlier results are never mixed in or lost)")
+                        "that holds files is refused, so earlier results are never mixed in or lost; "
+                        "default: runs/comparison, or runs/comparison-2, -3, ... when that one holds files)")
     return p
 
 
@@ -83,7 +92,8 @@ def run_config(args, overrides, seed):
     """The full mlp_mnist configuration of one run: its defaults, the comparison's settings, the seed."""
     defaults = mlp_mnist.build_parser().parse_args([])
     vars(defaults).update(overrides, seed=seed, epochs=args.epochs, batch_size=args.batch_size,
-                          train_subset=args.train_subset, data_dir=args.data_dir, out=None, loader=args.loader)
+                          train_subset=args.train_subset, val_size=args.val_size, data_dir=args.data_dir, out=None,
+                          loader=args.loader)
     return mlp_mnist.resolve_config(defaults)  # fills in the optimizer's lr unless overrides set one
 
 
@@ -93,38 +103,48 @@ def mean_std(values):
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
 
 
-def summarise(runs):
-    """Per label: mean and std over seeds of final train/test accuracy and of the mean epoch time."""
+def summarise(runs, epochs):
+    """Per label: mean and std of the final train/test accuracy and of the epoch time, over the seeds
+    that completed all `epochs`; the others (diverged, interrupted) are listed apart, never averaged."""
     summary = {}
     for label in dict.fromkeys(run["label"] for run in runs):  # in the order they ran
-        finished = [r for r in runs if r["label"] == label and r["records"]]
-        if not finished:
-            continue
-        final = [r["records"][-1] for r in finished]
-        rows = dict(seeds=[r["seed"] for r in finished], statuses=[r["status"] for r in finished],
-                    lr=finished[0]["config"]["lr"])
-        for key, values in (("train_accuracy", [f["train_accuracy"] for f in final]),
-                            ("test_accuracy", [f["test_accuracy"] for f in final]),
+        mine = [r for r in runs if r["label"] == label]
+        complete = [r for r in mine if r["status"] == "completed" and len(r["records"]) == epochs]
+        rows = dict(lr=mine[0]["config"]["lr"], seeds=[r["seed"] for r in complete],
+                    incomplete=[dict(seed=r["seed"], status=r["status"], completed_epochs=len(r["records"]))
+                                for r in mine if r not in complete])
+        for key, values in (("train_accuracy", [r["records"][-1]["train_accuracy"] for r in complete]),
+                            ("val_accuracy", [r["records"][-1]["val_accuracy"] for r in complete]),
+                            ("test_accuracy", [r["records"][-1]["test_accuracy"] for r in complete]),
                             ("epoch_seconds", [statistics.fmean(e["train_seconds"] for e in r["records"])
-                                               for r in finished])):
-            rows[f"{key}_mean"], rows[f"{key}_std"] = mean_std(values)
+                                               for r in complete])):
+            known = [v for v in values if v is not None]
+            rows[f"{key}_mean"], rows[f"{key}_std"] = mean_std(known) if known else (None, None)
         summary[label] = rows
     return summary
 
 
 def markdown_table(summary, vmap_seeds=False):
+    """The summary as a Markdown table; with --vmap-seeds the seconds are one shared program's, so no spread."""
     def pm(mean, std, scale=100, digits=2):
+        if mean is None:
+            return "-"
         return f"{scale * mean:.{digits}f}" + ("" if std is None else f" ± {scale * std:.{digits}f}")
 
+    has_val = any(s["val_accuracy_mean"] is not None for s in summary.values())
     seconds = "seconds per epoch (all seeds at once)" if vmap_seeds else "seconds per epoch"
-    lines = [f"| optimizer | lr | seeds | train accuracy (%) | test accuracy (%) | {seconds} |",
-             "| --- | --- | --- | --- | --- | --- |"]
+    val_head, val_rule = (" val accuracy (%) |", " --- |") if has_val else ("", "")
+    lines = [f"| optimizer | lr | seeds averaged | train accuracy (%) |{val_head} test accuracy (%) | {seconds} |",
+             f"| --- | --- | --- | --- |{val_rule} --- | --- |"]
     for label, s in summary.items():
-        note = "" if set(s["statuses"]) == {"completed"} else " (" + ", ".join(sorted(set(s["statuses"]))) + ")"
+        apart = "; ".join(f"seed {r['seed']} {r['status']}" for r in s["incomplete"])
+        note = f" ({apart}: not averaged)" if apart else ""
+        seconds_std = None if vmap_seeds else s["epoch_seconds_std"]
+        val = f" {pm(s['val_accuracy_mean'], s['val_accuracy_std'])} |" if has_val else ""
         lines.append(f"| {label}{note} | {s['lr']} | {len(s['seeds'])} | "
-                     f"{pm(s['train_accuracy_mean'], s['train_accuracy_std'])} | "
+                     f"{pm(s['train_accuracy_mean'], s['train_accuracy_std'])} |{val} "
                      f"{pm(s['test_accuracy_mean'], s['test_accuracy_std'])} | "
-                     f"{pm(s['epoch_seconds_mean'], s['epoch_seconds_std'], scale=1)} |")
+                     f"{pm(s['epoch_seconds_mean'], seconds_std, scale=1)} |")
     return "\n".join(lines) + "\n"
 
 
@@ -157,16 +177,43 @@ def plot_curves(runs, path):
 
 def write_results(out, args, runs, total_seconds, interrupted):
     """summary.json, summary.md and curves.png into out -> the summary."""
-    summary = summarise(runs)
+    summary = summarise(runs, args.epochs)
     reporting.write_json(f"{out}/summary.json", dict(
         command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
-        seeds=args.seeds, epochs=args.epochs, loader=args.loader, vmap_seeds=args.vmap_seeds, total_seconds=total_seconds,
-        environment=mlp_mnist.environment(), summary=summary,
-        runs=runs))
+        seeds=args.seeds, epochs=args.epochs, val_size=args.val_size, loader=args.loader, vmap_seeds=args.vmap_seeds,
+        total_seconds=total_seconds, environment=mlp_mnist.environment(), summary=summary, runs=runs))
     reporting.write_text(f"{out}/summary.md", markdown_table(summary, args.vmap_seeds))
-    if summary:
+    if any(r["records"] for r in runs):
         plot_curves(runs, f"{out}/curves.png")
     return summary
+
+
+def train_all(args, train_set, val_set, test_set):
+    """Every configuration over every seed -> (runs, interrupted); Ctrl-C anywhere keeps the completed runs."""
+    runs = []
+    log = lambda line: print("   " + line, flush=True)  # noqa: E731
+    try:
+        for label, overrides in args.configs:
+            configs = [run_config(args, overrides, seed) for seed in args.seeds]
+            if args.vmap_seeds:
+                print(f"== {label}, seeds {' '.join(map(str, args.seeds))} at once", flush=True)
+                seed_runs = many_models.train_many(configs, train_set, test_set, val_set, log=log)
+            else:
+                seed_runs = []
+                for seed, config in zip(args.seeds, configs):
+                    print(f"== {label}, seed {seed} ({len(runs) + len(seed_runs) + 1} of "
+                          f"{len(args.configs) * len(args.seeds)})", flush=True)
+                    seed_runs.append(mlp_mnist.train(config, train_set, test_set, val_set, log=log))
+                    if seed_runs[-1]["status"] == "interrupted":
+                        break
+            for seed, config, run in zip(args.seeds, configs, seed_runs):
+                runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
+                                 compile_seconds=run["compile_seconds"], records=run["records"]))
+            if any(run["status"] == "interrupted" for run in seed_runs):
+                return runs, True
+    except KeyboardInterrupt:  # between runs: what is in `runs` is complete
+        return runs, True
+    return runs, False
 
 
 def main(argv=None):
@@ -174,37 +221,21 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.vmap_seeds:
         args.loader = "device"  # the seeds share one program: the device loader's epoch under jax.vmap
+    args.out = args.out or reporting.default_out_dir("comparison")
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
-    train_set, test_set = mlp_mnist.load_data_or_exit(parser, args.data_dir, args.train_subset,
-                                                      args.batch_size, args.out)
-
-    start, runs, interrupted = time.perf_counter(), [], False
-    log = lambda line: print("   " + line, flush=True)  # noqa: E731
-    for label, overrides in args.configs:
-        configs = [run_config(args, overrides, seed) for seed in args.seeds]
-        if args.vmap_seeds:
-            print(f"== {label}, seeds {' '.join(map(str, args.seeds))} at once", flush=True)
-            seed_runs = mlp_mnist.train_seeds(configs[0], args.seeds, train_set, test_set, log=log)
-        else:
-            seed_runs = []
-            for seed, config in zip(args.seeds, configs):
-                print(f"== {label}, seed {seed} ({len(runs) + len(seed_runs) + 1} of "
-                      f"{len(args.configs) * len(args.seeds)})", flush=True)
-                seed_runs.append(mlp_mnist.train(config, train_set, test_set, log=log))
-                if seed_runs[-1]["status"] == "interrupted":
-                    break
-        for seed, config, run in zip(args.seeds, configs, seed_runs):
-            runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
-                             compile_seconds=run["compile_seconds"], records=run["records"]))
-        if any(run["status"] == "interrupted" for run in seed_runs):
-            interrupted = True
-            break
+    train_set, val_set, test_set = mlp_mnist.load_splits_or_exit(parser, args.data_dir, args.train_subset,
+                                                                 args.val_size, args.batch_size, args.out)
+    start = time.perf_counter()
+    runs, interrupted = train_all(args, train_set, val_set, test_set)
     total = time.perf_counter() - start
-    print(markdown_table(write_results(args.out, args, runs, total, interrupted), args.vmap_seeds))
+    mlp_mnist.write_or_fail(args.out, lambda out: print(markdown_table(
+        write_results(out, args, runs, total, interrupted), args.vmap_seeds)),
+        "the files written before it are complete (each is written whole or not at all)")
     print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
     if interrupted:
-        print(f"interrupted: {args.out} holds the {len(runs) - 1} completed runs and the interrupted one's "
-              f"completed epochs", file=sys.stderr)
+        complete = sum(r["status"] == "completed" for r in runs)
+        print(f"interrupted: {args.out} holds the {complete} completed runs and the completed epochs of the "
+              f"{len(runs) - complete} others", file=sys.stderr)
         sys.exit(mlp_mnist.EXIT_INTERRUPTED)
 
 

@@ -14,9 +14,11 @@ Exit status: 0 done, 2 bad input (arguments, data files, --out), 3 the loss dive
 """
 import argparse
 import math
+import os
 import platform
 import sys
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +31,7 @@ from tqdm import tqdm
 import mnist_data
 import reporting
 from optimized_sgd import OPTIMIZERS, make_optimizer
-from reporting import positive_float, positive_int, unit_interval  # noqa: F401 (the other scripts use them from here)
+from reporting import number_type, positive_float, positive_int, unit_interval  # noqa: F401 (the other scripts use them from here)
 from train_utils import LAYER_SIZES, batch_from_uint8, init_params, inputs_from_uint8, loss, make_step, predicted_class
 
 # --- Defaults: with these, each optimizer reproduces the README's table ----------------
@@ -41,6 +43,8 @@ RHO = 0.9  # RMSProp: decay of the moving average of g^2 (optax's and Hinton's c
 BETA1, BETA2 = 0.9, 0.999  # Adam: decays of the moving averages of g and g^2 (the paper's)
 EPS = 1e-8  # RMSProp and Adam: added to sqrt(.) so that a tiny gradient cannot blow up a step
 EVAL_CHUNK = 2_000  # images per evaluation call: activations stay in cache (10,000 at once took 1.65x as long here)
+
+non_negative_int = number_type(int, lambda v: v >= 0, "a whole number >= 0")
 
 LOADERS = ("torch", "device")  # the DataLoader path is the default: the way JAX's tutorial feeds data
 
@@ -72,6 +76,7 @@ def build_parser():
     p.add_argument("--beta2", type=unit_interval, default=BETA2, help="adam: decay of the mean of g^2 (default: %(default)s)")
     p.add_argument("--eps", type=positive_float, default=EPS,
                    help="rmsprop, adam: added to sqrt(mean of g^2) (default: %(default)s)")
+    add_val_size_argument(p)
     add_loader_argument(p)
     add_data_dir_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
@@ -98,19 +103,35 @@ def add_data_dir_argument(parser):
 
 
 def load_data_or_exit(parser, data_dir, train_subset=None, batch_size=1, out=None):
-    """Claim --out (if given), load MNIST, check --batch-size against it -> (train_set, test_set).
+    """Claim --out (if given), load MNIST, check --batch-size against it -> (train_set, test_set)."""
+    train_set, _, test_set = load_splits_or_exit(parser, data_dir, train_subset, 0, batch_size, out)
+    return train_set, test_set
 
-    Any bad input ends the program with one line and exit status 2.
+
+def load_splits_or_exit(parser, data_dir, train_subset=None, val_size=0, batch_size=1, out=None):
+    """Claim --out (if given), load MNIST, check --batch-size -> (train_set, val_set or None, test_set).
+
+    The validation split is the last val_size of the 60,000 training images (the same for
+    every seed); training uses the images before it. Any bad input ends the program with
+    one line and exit status 2.
     """
     try:
         if out:
             reporting.claim_out_dir(out)
-        train_set, test_set = mnist_data.load_mnist(data_dir, train_subset)
+        train_set, val_set, test_set = mnist_data.load_mnist_splits(data_dir, train_subset, val_size)
     except (mnist_data.DataError, reporting.OutDirError) as err:
         fail(err, EXIT_BAD_INPUT)
     if batch_size > len(train_set):
         parser.error(f"argument --batch-size: {batch_size} is larger than the {len(train_set)} training images")
-    return train_set, test_set
+    return train_set, val_set, test_set
+
+
+def add_val_size_argument(parser, default=0):
+    """--val-size, the same in every script that trains."""
+    parser.add_argument("--val-size", type=non_negative_int, default=default, metavar="N",
+                        help="hold out the LAST N of the 60,000 training images as a validation set (the same "
+                             "for every seed) and train on the images before them; each epoch then records "
+                             "val_accuracy (default: %(default)s)")
 
 
 def resolve_config(args):
@@ -119,6 +140,12 @@ def resolve_config(args):
     if config["lr"] is None:
         config["lr"] = OPTIMIZERS[config["optimizer"]][1]
     return config
+
+
+def optimizer_from_config(config):
+    """The Optimizer a config names, with its learning rate and hyperparameters."""
+    return make_optimizer(config["optimizer"], config["lr"], mu=config["mu"], rho=config["rho"],
+                          beta1=config["beta1"], beta2=config["beta2"], eps=config["eps"])
 
 
 # --- Training ------------------------------------------------------------------------
@@ -134,7 +161,6 @@ def make_train_step(optimizer):
     reports its training loss at theta - mu * v (the point optax calls its parameters) and
     its accuracies at theta.
     """
-
     step = make_step(optimizer, loss)
 
     def train_step(params, opt_state, images, labels):
@@ -189,151 +215,14 @@ def make_device_epoch(optimizer, n, batch_size):
     return epoch
 
 
-def predicted_class_uint8(params, images):
-    """images uint8 (B, 28, 28) -> predicted digits (B,) int32."""
-    return predicted_class(params, inputs_from_uint8(images))
-
-
-_predict_chunk = jax.jit(predicted_class_uint8)
-_predict_chunk_per_seed = jax.jit(jax.vmap(predicted_class_uint8, in_axes=(0, None)))  # params (S, ...)
-
-
-def predict_all(params, images, seed_axis=False, chunk=None):
-    """images uint8 (N, 28, 28) on the device -> predicted digits (N,) numpy, `chunk` (EVAL_CHUNK) at a time.
-
-    With seed_axis, params carry a leading axis of S models and the result is (S, N).
-    """
-    predict = _predict_chunk_per_seed if seed_axis else _predict_chunk
-    chunk = chunk or EVAL_CHUNK
-    chunks = [predict(params, images[i:i + chunk]) for i in range(0, len(images), chunk)]
-    return np.concatenate(jax.device_get(chunks), axis=-1)
-
-
-def seed_shardings(num_seeds):
-    """-> (sharding of arrays with a leading seed axis, sharding of arrays every seed shares).
-
-    The seed axis is split over as many JAX devices as divide num_seeds (all of them when
-    they can): the seeds never exchange anything, so each device trains its own.
-    """
-    devices = jax.devices()
-    used = max(d for d in range(1, len(devices) + 1) if num_seeds % d == 0)
-    mesh = jax.sharding.Mesh(np.array(devices[:used]), ("seed",))
-    return (jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("seed")),
-            jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-
-
-def stack_trees(trees):
-    """[pytree, ...] (S of them, same structure) -> one pytree whose leaves have a leading axis S."""
-    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *trees)
-
-
-def train(config, train_set, test_set, on_epoch=lambda records: None, log=print):
-    """Train one model as `config` says -> dict(status, records, compile_seconds, test_predictions).
-
-    config["loader"] picks how batches reach the step: "torch" (the torch DataLoader, one
-    jitted step per batch) or "device" (the images on the device, one jitted program per
-    epoch); both give the same batches in the same order. status is "completed",
-    "diverged in epoch N" (the mean training loss of epoch N is NaN or infinite; training
-    stops there) or "interrupted" (Ctrl-C). records holds one dict per completed epoch;
-    on_epoch(records) is called after each, so the caller can save them.
-    """
-    (run,) = _train(config, [config["seed"]], train_set, test_set,
-                    on_epoch=lambda records_per_seed: on_epoch(records_per_seed[0]), log=log, seed_axis=False)
-    return run
-
-
-def train_seeds(config, seeds, train_set, test_set, log=print):
-    """Train one model per seed, all at once -> [the dict train() returns, one per seed].
-
-    The device loader's epoch under jax.vmap: params, optimizer state and batch orders gain
-    a leading seed axis, the images are shared. With several JAX devices the seed axis is
-    sharded across them (seed_shardings). Each seed's steps equal those of a train() run with
-    that seed, to float rounding; over many steps Adam can turn those rounding differences
-    into visible ones (see the README). A seed whose loss diverges stops recording; the
-    others go on.
-    """
-    return _train(dict(config, loader="device"), list(seeds), train_set, test_set,
-                  on_epoch=lambda records_per_seed: None, log=log, seed_axis=True)
-
-
-def _train(config, seeds, train_set, test_set, on_epoch, log, seed_axis):
-    """train() and train_seeds(): S = len(seeds) models; without seed_axis, S is 1 and no axis is added."""
-    optimizer = make_optimizer(config["optimizer"], config["lr"], mu=config["mu"], rho=config["rho"],
-                               beta1=config["beta1"], beta2=config["beta2"], eps=config["eps"])
-    if seed_axis:
-        per_seed, shared = seed_shardings(len(seeds))
-        params = jax.device_put(stack_trees([init_params(jax.random.PRNGKey(s)) for s in seeds]), per_seed)
-        opt_state = jax.device_put(jax.vmap(optimizer.init)(params), per_seed)
-    else:
-        per_seed, shared = None, None
-        params = init_params(jax.random.PRNGKey(seeds[0]))
-        opt_state = optimizer.init(params)
-    train_images, train_labels, test_images = jax.device_put(
-        (train_set.data.numpy(), train_set.targets.numpy(), test_set.data.numpy()), shared)
-    train_targets, test_targets = train_set.targets.numpy(), test_set.targets.numpy()
-
-    # Compile before the clock starts, the evaluation warmed up too.
-    start = time.perf_counter()
-    if config["loader"] == "torch":
-        run_epoch = _torch_loader_epochs(optimizer, params, opt_state, train_set, config)
-    else:
-        run_epoch = _device_epochs(optimizer, params, opt_state, train_images, train_labels, config, seeds,
-                                   per_seed, seed_axis)
-    for images in (train_images, test_images):
-        for size in piece_sizes(len(images), EVAL_CHUNK):
-            predict_all(params, images[:size], seed_axis)
-    compile_seconds = time.perf_counter() - start
-
-    seed_column = f"{'seed':>4}  " if seed_axis else ""
-    log(f"{seed_column}{'epoch':>5}  {'train s':>7}  {'eval s':>6}  {'train loss':>10}  {'train acc':>9}  "
-        f"{'test acc':>8}")
-    statuses = ["completed"] * len(seeds)
-    records, test_predictions = [[] for _ in seeds], [None] * len(seeds)
-    try:
-        for epoch in range(1, config["epochs"] + 1):
-            start = time.perf_counter()
-            params, opt_state, train_losses = run_epoch(params, opt_state)
-            train_losses = np.reshape(jax.device_get(train_losses), len(seeds))  # waits for the epoch
-            train_seconds = time.perf_counter() - start
-            for i, train_loss in enumerate(train_losses):
-                if statuses[i] == "completed" and not math.isfinite(train_loss):
-                    statuses[i] = f"diverged in epoch {epoch}"
-            if "completed" not in statuses:
-                break
-
-            start = time.perf_counter()
-            train_correct = predict_all(params, train_images, seed_axis).reshape(len(seeds), -1) == train_targets
-            predictions = predict_all(params, test_images, seed_axis).reshape(len(seeds), -1)
-            eval_seconds = time.perf_counter() - start
-            for i, seed in enumerate(seeds):
-                if statuses[i] != "completed":
-                    continue
-                test_predictions[i] = predictions[i]
-                record = dict(epoch=epoch, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                              train_loss=float(train_losses[i]), train_accuracy=float(np.mean(train_correct[i])),
-                              test_accuracy=float(np.mean(predictions[i] == test_targets)))
-                records[i].append(record)
-                log(f"{f'{seed:>4}  ' if seed_axis else ''}{epoch:>5}  {train_seconds:>7.2f}  {eval_seconds:>6.2f}  "
-                    f"{record['train_loss']:>10.5f}  {100 * record['train_accuracy']:>8.2f}%  "
-                    f"{100 * record['test_accuracy']:>7.2f}%")
-            on_epoch(records)
-    except KeyboardInterrupt:
-        statuses = ["interrupted" if status == "completed" else status for status in statuses]
-    return [dict(status=status, records=seed_records, compile_seconds=compile_seconds, test_predictions=predicted)
-            for status, seed_records, predicted in zip(statuses, records, test_predictions)]
-
-
-def _torch_loader_epochs(optimizer, params, opt_state, train_set, config):
+def torch_loader_epochs(optimizer, params, opt_state, train_set, config):
     """The torch loader: -> run_epoch(params, opt_state) -> (params, opt_state, mean loss), one step per batch."""
     steps = compile_train_steps(optimizer, params, opt_state, piece_sizes(len(train_set), config["batch_size"]))
     loader = mnist_data.train_loader(train_set, config["batch_size"], config["seed"])
-    epoch = 0
 
     def run_epoch(params, opt_state):
-        nonlocal epoch
-        epoch += 1
         batch_losses, batch_sizes = [], []
-        for images, labels in tqdm(loader, desc=f"epoch {epoch}", leave=False, disable=not sys.stderr.isatty()):
+        for images, labels in tqdm(loader, leave=False, disable=not sys.stderr.isatty()):
             params, opt_state, batch_loss = steps[len(labels)](params, opt_state, images.numpy(), labels.numpy())
             batch_losses.append(batch_loss)  # stays on the device: no wait for the step here
             batch_sizes.append(len(labels))
@@ -342,34 +231,162 @@ def _torch_loader_epochs(optimizer, params, opt_state, train_set, config):
     return run_epoch
 
 
-def _device_epochs(optimizer, params, opt_state, images, labels, config, seeds, per_seed, seed_axis):
+def device_loader_epochs(optimizer, params, opt_state, data, config):
     """The device loader: -> run_epoch(params, opt_state) -> (params, opt_state, mean loss), one call per epoch."""
-    n, batch_size = len(labels), config["batch_size"]
-    epoch = make_device_epoch(optimizer, n, batch_size)
-    if seed_axis:
-        epoch = jax.vmap(epoch, in_axes=(0, 0, None, None, 0))  # images and labels are shared by the seeds
-    order_shape = (len(seeds), n) if seed_axis else (n,)
-    order_spec = jax.ShapeDtypeStruct(order_shape, jnp.int32, sharding=per_seed)
-    compiled = jax.jit(epoch, donate_argnums=(0, 1)).lower(params, opt_state, images, labels, order_spec).compile()
-    orders = [mnist_data.epoch_orders(n, batch_size, seed) for seed in seeds]
+    n = len(data.train_labels)
+    epoch = jax.jit(make_device_epoch(optimizer, n, config["batch_size"]), donate_argnums=(0, 1))
+    compiled = epoch.lower(params, opt_state, data.train_images, data.train_labels,
+                           jax.ShapeDtypeStruct((n,), jnp.int32)).compile()
+    orders = mnist_data.epoch_orders(n, config["batch_size"], config["seed"])
 
     def run_epoch(params, opt_state):
-        order = np.stack([next(o) for o in orders]).reshape(order_shape)  # this epoch's batches, for every seed
-        return compiled(params, opt_state, images, labels, jax.device_put(order, per_seed))
+        return compiled(params, opt_state, data.train_images, data.train_labels, next(orders))
 
     return run_epoch
+
+
+# --- Evaluation ----------------------------------------------------------------------
+
+
+class DeviceData(NamedTuple):
+    """The uint8 images on the JAX device (val_images None without a validation split), labels on the host."""
+    train_images: jax.Array
+    train_labels: jax.Array
+    val_images: object
+    test_images: jax.Array
+    train_targets: np.ndarray
+    val_targets: object
+    test_targets: np.ndarray
+
+
+def device_data(train_set, val_set, test_set, sharding=None):
+    """The datasets' images (and the training labels) put on the device once -> DeviceData."""
+    val_images = val_set.data.numpy() if val_set is not None else None
+    train_images, train_labels, val_images, test_images = jax.device_put(
+        (train_set.data.numpy(), train_set.targets.numpy(), val_images, test_set.data.numpy()), sharding)
+    return DeviceData(train_images, train_labels, val_images, test_images, train_set.targets.numpy(),
+                      None if val_set is None else val_set.targets.numpy(), test_set.targets.numpy())
+
+
+def predicted_class_uint8(params, images):
+    """images uint8 (B, 28, 28) -> predicted digits (B,) int32."""
+    return predicted_class(params, inputs_from_uint8(images))
+
+
+_predict_chunk = jax.jit(predicted_class_uint8)
+
+
+def predict_all(params, images, chunk=None, predict_chunk=_predict_chunk):
+    """images uint8 (N, 28, 28) on the device -> predicted digits (N,) numpy, `chunk` (EVAL_CHUNK) at a time.
+
+    predict_chunk(params, images) does one chunk; many_models passes one that maps over models.
+    """
+    chunk = chunk or EVAL_CHUNK
+    chunks = [predict_chunk(params, images[i:i + chunk]) for i in range(0, len(images), chunk)]
+    return np.concatenate(jax.device_get(chunks), axis=-1)
+
+
+def warm_up_predictions(params, data, predict_chunk=_predict_chunk):
+    """Compile the evaluation for every chunk size it will meet, before any clock starts."""
+    for images in (data.train_images, data.val_images, data.test_images):
+        if images is not None:
+            for size in piece_sizes(len(images), EVAL_CHUNK):
+                predict_all(params, images[:size], predict_chunk=predict_chunk)
+
+
+def evaluate(params, data, predict_chunk=_predict_chunk, train_accuracy=True):
+    """-> predicted digits for (train or None, val or None, test) images, each (N,) (or (S, N) for S models)."""
+    predict = lambda images: None if images is None else predict_all(params, images, predict_chunk=predict_chunk)  # noqa: E731
+    return predict(data.train_images if train_accuracy else None), predict(data.val_images), predict(data.test_images)
+
+
+def epoch_record(epoch, train_seconds, eval_seconds, train_loss, predictions, data):
+    """One epoch of one model -> the dict metrics.json keeps (an accuracy not measured is None).
+
+    predictions: that model's (train, val or None, test) predicted digits, as evaluate() returns them.
+    """
+    train_pred, val_pred, test_pred = predictions
+    return dict(epoch=epoch, train_seconds=train_seconds, eval_seconds=eval_seconds, train_loss=float(train_loss),
+                train_accuracy=None if train_pred is None else float(np.mean(train_pred == data.train_targets)),
+                val_accuracy=None if val_pred is None else float(np.mean(val_pred == data.val_targets)),
+                test_accuracy=float(np.mean(test_pred == data.test_targets)))
+
+
+def log_header(first_column=""):
+    return (f"{first_column}{'epoch':>5}  {'train s':>7}  {'eval s':>6}  {'train loss':>10}  {'train acc':>9}  "
+            f"{'val acc':>7}  {'test acc':>8}")
+
+
+def log_line(record, first_column=""):
+    def percent(key):
+        return "-" if record[key] is None else f"{100 * record[key]:.2f}%"
+
+    return (f"{first_column}{record['epoch']:>5}  {record['train_seconds']:>7.2f}  {record['eval_seconds']:>6.2f}  "
+            f"{record['train_loss']:>10.5f}  {percent('train_accuracy'):>9}  {percent('val_accuracy'):>7}  "
+            f"{percent('test_accuracy'):>8}")
+
+
+# --- The training loop ---------------------------------------------------------------
+
+
+def train(config, train_set, test_set, val_set=None, on_epoch=lambda records: None, log=print, train_accuracy=True):
+    """Train one model as `config` says -> dict(status, records, compile_seconds, test_predictions).
+
+    config["loader"] picks how batches reach the step: "torch" (the torch DataLoader, one
+    jitted step per batch) or "device" (the images on the device, one jitted program per
+    epoch); both give the same batches in the same order. status is "completed",
+    "diverged in epoch N" (the mean training loss of epoch N is NaN or infinite; training
+    stops there) or "interrupted" (Ctrl-C, wherever it lands, setup included). records
+    holds one dict per completed epoch; on_epoch(records) is called after each, so the
+    caller can save them. train_accuracy=False skips the accuracy on the training images.
+    """
+    status, records, compile_seconds, test_predictions = "completed", [], None, None
+    try:
+        # Setup: the model, the optimizer, the data on the device, everything compiled.
+        start = time.perf_counter()
+        optimizer = optimizer_from_config(config)
+        params = init_params(jax.random.PRNGKey(config["seed"]))
+        opt_state = optimizer.init(params)
+        data = device_data(train_set, val_set, test_set)
+        if config["loader"] == "torch":
+            run_epoch = torch_loader_epochs(optimizer, params, opt_state, train_set, config)
+        else:
+            run_epoch = device_loader_epochs(optimizer, params, opt_state, data, config)
+        warm_up_predictions(params, data)
+        compile_seconds = time.perf_counter() - start
+
+        # The loop: an epoch of training steps, then evaluation.
+        log(log_header())
+        for epoch in range(1, config["epochs"] + 1):
+            start = time.perf_counter()
+            params, opt_state, train_loss = run_epoch(params, opt_state)
+            train_loss = float(train_loss)  # waits for the epoch's last step
+            train_seconds = time.perf_counter() - start
+            if not math.isfinite(train_loss):
+                status = f"diverged in epoch {epoch}"
+                break
+            start = time.perf_counter()
+            predictions = evaluate(params, data, train_accuracy=train_accuracy)
+            record = epoch_record(epoch, train_seconds, time.perf_counter() - start, train_loss, predictions, data)
+            test_predictions = predictions[2]
+            records.append(record)
+            log(log_line(record))
+            on_epoch(records)
+    except KeyboardInterrupt:
+        status = "interrupted"
+    return dict(status=status, records=records, compile_seconds=compile_seconds, test_predictions=test_predictions)
 
 
 # --- Metrics and the command-line entry point --------------------------------------------
 
 
 def environment():
-    """What ran the training: library versions and the JAX device."""
+    """What ran the training: library versions, the JAX device, the CPU and memory."""
     device = jax.devices()[0]
     return dict(python=platform.python_version(), jax=jax.__version__, jaxlib=jaxlib.__version__,
                 torch=torch.__version__, torchvision=torchvision.__version__, numpy=np.__version__,
                 device=str(device), device_kind=device.device_kind, device_count=jax.device_count(),
-                platform=platform.platform())
+                platform=platform.platform(), **reporting.machine())
 
 
 def metrics(config, status, records, compile_seconds=None):
@@ -384,28 +401,42 @@ def fail(message, code):
     sys.exit(code)
 
 
+def write_or_fail(path, write, kept):
+    """write(path); a disk error (full, no permission) ends the program with one line and exit status 2."""
+    try:
+        write(path)
+    except OSError as err:
+        fail(f"cannot write {path} ({err.strerror or err}); {kept}", EXIT_BAD_INPUT)
+
+
 def main(argv=None):
     parser = build_parser()
     config = resolve_config(parser.parse_args(argv))
     torch.set_num_threads(1)  # torch only indexes batches; leave the cores to XLA's thread pool
-    train_set, test_set = load_data_or_exit(parser, config["data_dir"], config["train_subset"],
-                                            config["batch_size"], config["out"])
+    train_set, val_set, test_set = load_splits_or_exit(parser, config["data_dir"], config["train_subset"],
+                                                       config["val_size"], config["batch_size"], config["out"])
 
     out = config["out"]
-    save = (lambda records: reporting.write_json(f"{out}/metrics.json", metrics(config, "running", records))
-            ) if out else (lambda records: None)
-    print(f"{config['optimizer']}, lr {config['lr']}, {len(train_set)} training images, "
+    metrics_path = f"{out}/metrics.json"
+
+    def save(records, status="running", compile_seconds=None):
+        if out:
+            kept = (f"{metrics_path} keeps what it held before" if os.path.exists(metrics_path)
+                    else "nothing was saved")
+            write_or_fail(metrics_path, lambda path: reporting.write_json(
+                path, metrics(config, status, records, compile_seconds)), kept)
+
+    held_out = f", {len(val_set)} held out for validation" if val_set is not None else ""
+    print(f"{config['optimizer']}, lr {config['lr']}, {len(train_set)} training images{held_out}, "
           f"batch {config['batch_size']}, seed {config['seed']}, {config['loader']} loader, on {jax.devices()[0]}")
-    run = train(config, train_set, test_set, on_epoch=save)
-    if out:
-        reporting.write_json(f"{out}/metrics.json",
-                             metrics(config, run["status"], run["records"], run["compile_seconds"]))
+    run = train(config, train_set, test_set, val_set, on_epoch=save)
+    save(run["records"], run["status"], run["compile_seconds"])
     if run["status"].startswith("diverged"):
-        saved = f"; {out}/metrics.json holds the {len(run['records'])} epochs before it" if out else ""
+        saved = f"; {metrics_path} holds the {len(run['records'])} epochs before it" if out else ""
         fail(f"the training loss {run['status']} (NaN or infinite): try a smaller --lr than "
              f"{config['lr']}{saved}", EXIT_DIVERGED)
     if run["status"] == "interrupted":
-        where = f"; {out}/metrics.json holds them" if out else ""
+        where = f"; {metrics_path} holds them" if out else ""
         print(f"interrupted after {len(run['records'])} completed epochs{where}", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     if out:
@@ -418,9 +449,9 @@ def main(argv=None):
             reporting.plot_misclassified(test_set.data.numpy(), test_labels, run["test_predictions"],
                                          f"{out}/misclassified.png")
         except OSError as err:  # disk full, no permission, ...: the metrics are safe already
-            fail(f"cannot write the plots into {out} ({err.strerror or err}); {out}/metrics.json "
+            fail(f"cannot write the plots into {out} ({err.strerror or err}); {metrics_path} "
                  f"holds the results", EXIT_BAD_INPUT)
-        print(f"wrote {out}/metrics.json, curves.png, confusion.png, misclassified.png")
+        print(f"wrote {metrics_path}, curves.png, confusion.png, misclassified.png")
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ Every file is checked before it is trusted (magic number, dimensions, size again
 header, label range); any problem raises DataError, whose message names the file.
 Memory stays bounded by the real size of the data, whatever a header claims.
 """
+import copy
 import gzip
 import os
 import struct
@@ -184,14 +185,13 @@ class MNIST(torchvision.datasets.MNIST):
     """torchvision's MNIST dataset, read from the files `locate_mnist` found.
 
     data: uint8 (N, 28, 28) and targets: uint8 (N,), the files' own bytes (torchvision's
-    targets are int64; a byte per label is all the jitted step needs). `limit` keeps
-    the first `limit` images only. Indexing a list of indices (`__getitems__`, which the
+    targets are int64; a byte per label is all the jitted step needs). `rows` cuts out a
+    part (the training images before the validation split, or the split itself). Indexing a list of indices (`__getitems__`, which the
     DataLoader uses) returns a whole batch of raw uint8 tensors: no per-image PIL objects.
     """
 
-    def __init__(self, files, train=True, limit=None):
+    def __init__(self, files, train=True):
         self._files = files
-        self._limit = limit
         root = os.path.dirname(files[SPLIT_FILES["train"][0]])
         super().__init__(root, train=train, download=False)
 
@@ -208,13 +208,18 @@ class MNIST(torchvision.datasets.MNIST):
         if len(images) != len(labels):
             raise DataError(f"{self._files[label_name]}: {len(labels)} labels for the "
                             f"{len(images)} images in {self._files[image_name]}")
-        images, labels = images[: self._limit], labels[: self._limit]
         return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
 
     def __getitems__(self, indices):
         """A list of B indices -> (images uint8 (B, 28, 28), labels uint8 (B,))."""
         index = torch.as_tensor(indices)
         return self.data[index], self.targets[index]
+
+    def rows(self, start, stop):
+        """The images start .. stop-1 of this dataset, as a dataset of their own (the data is shared)."""
+        part = copy.copy(self)
+        part.data, part.targets = self.data[start:stop], self.targets[start:stop]
+        return part
 
 
 def whole_batch(batch):
@@ -256,5 +261,21 @@ def epoch_orders(n, batch_size, seed):
 
 def load_mnist(data_dir, train_limit=None):
     """-> (train MNIST, test MNIST) datasets; raises DataError on any problem with the files."""
+    train_set, _, test_set = load_mnist_splits(data_dir, train_limit)
+    return train_set, test_set
+
+
+def load_mnist_splits(data_dir, train_limit=None, val_size=0):
+    """-> (train, validation or None, test) datasets; raises DataError on any problem with the files.
+
+    The validation split is the LAST val_size of the 60,000 training images, the same for
+    every seed; training uses the images before it (the first train_limit of them, if given).
+    """
     files = locate_mnist(data_dir)
-    return MNIST(files, train=True, limit=train_limit), MNIST(files, train=False)
+    full_train = MNIST(files, train=True)
+    n = len(full_train)
+    if not 0 <= val_size < n:
+        raise DataError(f"--val-size {val_size}: must leave training images (the training set has {n})")
+    train_set = full_train.rows(0, min(n - val_size, train_limit or n))
+    val_set = full_train.rows(n - val_size, n) if val_size else None
+    return train_set, val_set, MNIST(files, train=False)

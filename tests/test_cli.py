@@ -38,7 +38,9 @@ def test_short_run_learns_and_writes_metrics(short_runs, mnist_dir):
         assert metrics["environment"][key]
     (record,) = metrics["epochs"]
     assert set(record) == {"epoch", "train_seconds", "eval_seconds", "train_loss", "train_accuracy",
-                           "test_accuracy"}
+                           "val_accuracy", "test_accuracy"}
+    assert record["val_accuracy"] is None  # no validation split unless asked for
+    assert metrics["environment"]["cpu_count"] >= 1 and metrics["environment"]["memory_gb"]
     assert record["test_accuracy"] > 0.85 and record["train_accuracy"] > 0.85
     assert 0 < record["train_loss"] < 0.15 and record["train_seconds"] > 0
     # the printed line carries the same numbers
@@ -61,21 +63,30 @@ def test_same_seed_same_metrics(short_runs):
 def test_help_explains_every_flag():
     result = run_cli("--help")
     assert result.returncode == 0
-    for flag in ("--optimizer", "--lr", "--epochs", "--batch-size", "--seed", "--train-subset", "--mu",
-                 "--rho", "--beta1", "--beta2", "--eps", "--data-dir", "--out"):
+    import mlp_mnist
+
+    flags = [option for action in mlp_mnist.build_parser()._actions for option in action.option_strings]
+    assert {"--loader", "--val-size", "--optimizer", "--lr", "--out"} <= set(flags)
+    for flag in flags:  # every flag the parser has, --loader and --val-size included
         assert flag in result.stdout
     assert "adam 0.001" in result.stdout  # the per-optimizer default learning rates
 
 
 def test_data_dir_from_environment(mnist_dir, tmp_path):
-    """Without --data-dir, $MNIST_DATA_DIR is used; a missing folder gives one line, exit 2."""
-    env = dict(os.environ, MNIST_DATA_DIR=str(tmp_path / "nothing-here"))
+    """Without --data-dir, $MNIST_DATA_DIR is used; a missing folder gives one line, exit 2.
+
+    The network is made unreachable here (a proxy on a closed local port), so that online, too,
+    torchvision's download fails instead of filling the folder.
+    """
+    from test_errors import offline_env
+
+    env = dict(offline_env(), MNIST_DATA_DIR=str(tmp_path / "nothing-here"))
     result = run_cli("--epochs", "1", env=env)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nothing-here" in lines[0] and "train-images-idx3-ubyte" in lines[0]
-    assert "--data-dir" in lines[0]
+    assert "--data-dir" in lines[0] and "download failed" in lines[0]
 
 
 def test_piece_sizes_cover_every_image_once():

@@ -52,31 +52,50 @@ def test_summary_statistics_come_from_the_records(tiny_comparison):
         assert row["test_accuracy_std"] is None  # one seed: no spread to report
 
 
-def fake_run(label, seed, test_accuracies, seconds=1.0):
-    return dict(label=label, seed=seed, status="completed", config={"lr": 0.1},
+def fake_run(label, seed, test_accuracies, seconds=1.0, status="completed", val=False):
+    return dict(label=label, seed=seed, status=status, config={"lr": 0.1},
                 records=[dict(epoch=i + 1, train_seconds=seconds + i, train_loss=0.1, train_accuracy=a,
-                              test_accuracy=a) for i, a in enumerate(test_accuracies)])
+                              val_accuracy=a - 0.01 if val else None, test_accuracy=a)
+                         for i, a in enumerate(test_accuracies)])
 
 
 def test_mean_and_std_over_seeds():
     runs = [fake_run("a", 0, [0.5, 0.90]), fake_run("a", 1, [0.5, 0.94]), fake_run("a", 2, [0.5, 0.98]),
-            fake_run("b", 0, [0.7])]
-    summary = compare_optimizers.summarise(runs)
+            fake_run("b", 0, [0.6, 0.7])]
+    summary = compare_optimizers.summarise(runs, epochs=2)
     assert summary["a"]["test_accuracy_mean"] == pytest.approx(0.94)
     assert summary["a"]["test_accuracy_std"] == pytest.approx(0.04)  # sample std of .90 .94 .98
     assert summary["a"]["epoch_seconds_mean"] == pytest.approx(1.5)  # each run: epochs of 1 s and 2 s
-    assert summary["b"]["test_accuracy_std"] is None
+    assert summary["b"]["test_accuracy_std"] is None and summary["a"]["val_accuracy_mean"] is None
     table = compare_optimizers.markdown_table(summary)
     assert "| a | 0.1 | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 1.50 ± 0.00 |" in table
     assert "| b | 0.1 | 1 | 70.00 | 70.00 |" in table
+    assert "val accuracy" not in table  # no validation split: no column
+
+
+def test_only_seeds_that_completed_every_epoch_are_averaged():
+    """A seed that diverged in epoch 3 or was interrupted is shown apart, not mixed into the final epoch's mean."""
+    runs = [fake_run("a", 0, [0.5, 0.8, 0.90], val=True), fake_run("a", 1, [0.5, 0.80, 0.94], val=True),
+            fake_run("a", 2, [0.6, 0.97], status="diverged in epoch 3", val=True),
+            fake_run("a", 3, [0.99], status="interrupted", val=True)]
+    summary = compare_optimizers.summarise(runs, epochs=3)
+    assert summary["a"]["seeds"] == [0, 1]
+    assert summary["a"]["test_accuracy_mean"] == pytest.approx(0.92)
+    assert summary["a"]["val_accuracy_mean"] == pytest.approx(0.91)
+    assert summary["a"]["incomplete"] == [dict(seed=2, status="diverged in epoch 3", completed_epochs=2),
+                                          dict(seed=3, status="interrupted", completed_epochs=1)]
+    table = compare_optimizers.markdown_table(summary, vmap_seeds=True)
+    assert ("| a (seed 2 diverged in epoch 3; seed 3 interrupted: not averaged) | 0.1 | 2 | 92.00 ± 2.83 | "
+            "91.00 ± 2.83 | 92.00 ± 2.83 | 2.00 |") in table  # vmapped: one program's seconds, no spread
 
 
 def test_config_spec():
     assert compare_optimizers.config_spec("rmsprop:lr=0.0001,rho=0.99") == (
         "rmsprop lr=0.0001 rho=0.99", {"optimizer": "rmsprop", "lr": 0.0001, "rho": 0.99})
     assert compare_optimizers.config_spec("sgd") == ("sgd", {"optimizer": "sgd"})
-    for bad in ("adagrad", "adam:lr=-1", "adam:momentum=0.9", "rmsprop:rho=1"):
-        with pytest.raises(argparse.ArgumentTypeError):
+    for bad, named in (("adagrad", "'adagrad'"), ("adam:lr=-1", "'adam:lr=-1': lr: -1 is not"),
+                       ("adam:momentum=0.9", "unknown setting 'momentum'"), ("rmsprop:rho=1", "'rmsprop:rho=1': rho: 1")):
+        with pytest.raises(argparse.ArgumentTypeError, match=named):  # the message names the config and the key
             compare_optimizers.config_spec(bad)
 
 

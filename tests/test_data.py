@@ -43,6 +43,20 @@ def test_train_subset_keeps_the_first_images(tmp_path):
     np.testing.assert_array_equal(train_set.data.numpy(), content["train"][0][:100])
 
 
+def test_validation_split_is_the_last_images_whatever_the_subset(tmp_path):
+    content = write_fake_mnist(tmp_path, n_train=300)
+    images = content["train"][0]
+    for subset in (None, 100, 500):
+        train_set, val_set, test_set = mnist_data.load_mnist_splits(str(tmp_path), train_limit=subset, val_size=50)
+        np.testing.assert_array_equal(val_set.data.numpy(), images[250:])  # the last 50, every time
+        np.testing.assert_array_equal(train_set.data.numpy(), images[:min(250, subset or 250)])
+        assert len(test_set) == 50
+    train_set, val_set, _ = mnist_data.load_mnist_splits(str(tmp_path))
+    assert val_set is None and len(train_set) == 300  # no split: all of them, the recipe's default
+    with pytest.raises(mnist_data.DataError, match="--val-size 300"):
+        mnist_data.load_mnist_splits(str(tmp_path), val_size=300)
+
+
 def test_real_mnist_files(mnist_dir):
     train_set, test_set = mnist_data.load_mnist(mnist_dir)
     assert tuple(train_set.data.shape) == (60000, 28, 28) and tuple(test_set.data.shape) == (10000, 28, 28)

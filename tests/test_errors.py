@@ -355,7 +355,108 @@ def test_divergence_keeps_the_completed_epochs(tmp_path, monkeypatch):
     assert [r["epoch"] for r in run["records"]] == [1] and saved[-1] == run["records"]
 
 
+def test_disk_error_while_writing_metrics(tmp_path, capsys, monkeypatch):
+    """metrics.json cannot be written (disk full): one line that says so and what is kept, exit 2."""
+    write_fake_mnist(tmp_path / "data")
+    out = tmp_path / "out"
+
+    def disk_full(path, obj):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(reporting, "write_json", disk_full)
+    status, lines = run_main(capsys, "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--out", str(out))
+    assert status == 2 and len(lines) == 1
+    assert "metrics.json" in lines[0] and "No space left on device" in lines[0] and "nothing was saved" in lines[0]
+
+
+def test_disk_error_while_writing_the_summary(tmp_path, capsys, monkeypatch):
+    import compare_optimizers
+
+    write_fake_mnist(tmp_path / "data")
+
+    def no_permission(path, obj):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(reporting, "write_json", no_permission)
+    with pytest.raises(SystemExit) as exit_info:
+        compare_optimizers.main(["--configs", "sgd", "--seeds", "0", "--epochs", "1", "--data-dir",
+                                 str(tmp_path / "data"), "--out", str(tmp_path / "out")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(lines) == 1 and "Permission denied" in lines[0]
+
+
+def test_ctrl_c_during_a_runs_setup_keeps_the_completed_runs(tmp_path, capsys, monkeypatch):
+    """compare_optimizers.py: Ctrl-C while the second run initialises its parameters (before its
+    epochs start) still writes the first, completed run; the message counts it right."""
+    import compare_optimizers
+
+    write_fake_mnist(tmp_path / "data")
+    real_init, calls = mlp_mnist.init_params, []
+
+    def interrupted_second_time(key):
+        calls.append(key)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_init(key)
+
+    monkeypatch.setattr(mlp_mnist, "init_params", interrupted_second_time)
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as exit_info:
+        compare_optimizers.main(["--configs", "sgd", "--seeds", "0", "1", "--epochs", "1", "--data-dir",
+                                 str(tmp_path / "data"), "--out", str(out)])
+    assert exit_info.value.code == 130
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    assert [(r["seed"], r["status"], len(r["records"])) for r in summary["runs"]] == [
+        (0, "completed", 1), (1, "interrupted", 0)]
+    assert "holds the 1 completed runs" in capsys.readouterr().err
+
+
+def test_a_failed_run_leaves_no_empty_out_folder(tmp_path):
+    """The data is missing: the run fails, and the --out folders it created are gone again."""
+    out = tmp_path / "new" / "out"
+    status, _, lines = finish(script("--data-dir", str(tmp_path / "data-file"), "--out", str(out),
+                                     env=offline_env()))
+    assert status == 2 and len(lines) == 1
+    assert not (tmp_path / "new").exists()
+
+
+def test_an_out_folder_that_holds_files_is_kept(tmp_path):
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    reporting.claim_out_dir(str(tmp_path / "made" / "deep"))
+    reporting.claim_out_dir(str(kept))  # existed, empty: accepted, and not ours to remove
+    (tmp_path / "made" / "deep" / "metrics.json").write_text("{}")
+    reporting.remove_unused_out_dirs()
+    assert (tmp_path / "made" / "deep" / "metrics.json").exists() and kept.exists()
+
+
+def test_an_output_file_is_never_overwritten(tmp_path):
+    (tmp_path / "square.png").write_text("earlier")
+    with pytest.raises(reporting.OutDirError, match="already exists"):
+        reporting.claim_out_file(str(tmp_path / "square.png"), "--plot")
+    with pytest.raises(reporting.OutDirError, match="does not exist"):
+        reporting.claim_out_file(str(tmp_path / "nowhere" / "square.png"), "--plot")
+    reporting.claim_out_file(str(tmp_path / "new.png"), "--plot")  # a new file in a folder that exists: fine
+    assert (tmp_path / "square.png").read_text() == "earlier"
+
+
+def test_the_default_out_folder_never_collides(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths")
+    os.makedirs("runs/paths")
+    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths")  # empty: usable
+    open("runs/paths/paths.png", "w").close()
+    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths-2")
+
+
 # --- As a user runs it: subprocesses -------------------------------------------------
+
+
+def offline_env():
+    """This process's environment with the network unreachable for urllib (torchvision's download)."""
+    return dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
+                HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
 
 
 def script(*args, **kwargs):

@@ -1,5 +1,5 @@
 """The training that ships: mlp_mnist's step against optax, the epoch loop around it, and the
-device loader and vmapped seeds against the torch DataLoader path.
+device loader and many models at once (many_models) against the torch DataLoader path.
 
 Everything here runs on small IDX files the tests write (tests/fake_mnist.py): 300 training
 images in batches of 128, so every epoch ends with a partial batch of 44.
@@ -15,6 +15,7 @@ import numpy as np
 import optax
 import pytest
 
+import many_models
 import mlp_mnist
 import mnist_data
 from conftest import ROOT
@@ -43,12 +44,12 @@ def without_seconds(records):
     return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
 
 
-def assert_same_records(ours, reference):
-    """Per-epoch records equal up to float rounding: same epochs, losses to 1e-5, same accuracies."""
+def assert_same_records(ours, reference, rel=1e-5):
+    """Per-epoch records equal up to float rounding: same epochs, losses to `rel`, same accuracies."""
     ours, reference = without_seconds(ours), without_seconds(reference)
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in reference]
     for a, b in zip(ours, reference):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5), (a, b)
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel), (a, b)
         assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1 / N_TRAIN), (a, b)
         assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1 / N_TEST), (a, b)
 
@@ -153,10 +154,10 @@ def test_predict_all_in_chunks_equals_one_pass(monkeypatch, fake_data):
     one_pass = predicted_class(params, images.reshape(N_TEST, -1).astype(jnp.float32))
     monkeypatch.setattr(mlp_mnist, "EVAL_CHUNK", 7)  # 7 chunks of 7, then one of 1
     np.testing.assert_array_equal(mlp_mnist.predict_all(params, images), one_pass)
-    stacked = mlp_mnist.stack_trees([params, init_params(jax.random.PRNGKey(2))])
-    per_seed = mlp_mnist.predict_all(stacked, images, seed_axis=True)
-    assert per_seed.shape == (2, N_TEST)
-    np.testing.assert_array_equal(per_seed[0], one_pass)
+    stacked = many_models.stack_trees([params, init_params(jax.random.PRNGKey(2))])
+    per_model = mlp_mnist.predict_all(stacked, images, predict_chunk=many_models._predict_chunk_per_model)
+    assert per_model.shape == (2, N_TEST)
+    np.testing.assert_array_equal(per_model[0], one_pass)
 
 
 # --- The device loader and the vmapped seeds, against the torch loader -----------------------
@@ -177,46 +178,73 @@ def test_both_loaders_write_the_same_metrics(name, fake_data, tmp_path, capsys):
     capsys.readouterr()
 
 
+# A small grid for each optimizer: two learning rates (the second 3x the first) x two seeds,
+# the other hyperparameters off their defaults so that mapping over them is tested too.
+GRID_HYPER = {"sgd": {}, "momentum": {"mu": 0.8}, "nesterov": {"mu": 0.8}, "rmsprop": {"rho": 0.95, "eps": 1e-6},
+              "adam": {"beta1": 0.8, "eps": 1e-4}}
+
+
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_vmapped_seeds_equal_one_at_a_time(name, fake_data):
+def test_many_models_equal_one_at_a_time(name, fake_data):
+    """A grid of (lr, seed) of one optimizer as one vmapped program: each model is the run train() makes.
+
+    To rounding: mapped over, the hyperparameters are float32 arrays, so 1 - beta1 and the like
+    round differently than from Python's float64 constants (losses agree to 1e-4 here).
+    """
     _, (train_set, test_set) = fake_data
-    config = config_for(name, epochs=2, loader="device")
-    together = mlp_mnist.train_seeds(config, [0, 5], train_set, test_set, log=lambda line: None)
-    for seed, run in zip([0, 5], together):
-        alone = mlp_mnist.train(dict(config, seed=seed), train_set, test_set, log=lambda line: None)
+    base = config_for(name, epochs=2, loader="device", **GRID_HYPER[name])
+    configs = [dict(base, lr=lr, seed=seed) for lr in (base["lr"], 3 * base["lr"]) for seed in (0, 5)]
+    together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
+    for config, run in zip(configs, together):
+        alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
         assert run["status"] == alone["status"] == "completed"
+        assert_same_records(run["records"], alone["records"], rel=1e-4)
+    # the test can tell: the lr and the seed each change the records
+    assert without_seconds(together[0]["records"]) != without_seconds(together[1]["records"])
+    assert without_seconds(together[0]["records"]) != without_seconds(together[2]["records"])
+
+
+def test_a_diverging_learning_rate_does_not_spoil_the_others(fake_data):
+    """SGD at lr 0.01 and lr 30 in one program: the lr-30 models blow up, the others are untouched."""
+    _, (train_set, test_set) = fake_data
+    configs = [config_for("sgd", epochs=3, lr=lr, seed=seed, loader="device") for lr in (0.01, 30.0) for seed in (0, 1)]
+    together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
+    assert [r["status"] for r in together[:2]] == ["completed", "completed"]
+    assert all(r["status"].startswith("diverged") for r in together[2:]), [r["status"] for r in together]
+    for config, run in zip(configs[:2], together[:2]):
+        alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
         assert_same_records(run["records"], alone["records"])
-        np.testing.assert_array_equal(run["test_predictions"], alone["test_predictions"])
 
 
-def test_vmapped_seeds_sharded_over_two_devices(fake_data, tmp_path):
-    """compare_optimizers.py --vmap-seeds with two (virtual) CPU devices: each holds one seed,
-    and the results are those of mlp_mnist.train, one seed at a time, through the DataLoader."""
+def test_many_models_sharded_over_two_devices(fake_data, tmp_path):
+    """compare_optimizers.py --vmap-seeds with two (virtual) CPU devices and three seeds: the model
+    axis is padded to four, two per device, and the results are those of mlp_mnist.train, one seed at
+    a time, through the DataLoader."""
     data_dir, (train_set, test_set) = fake_data
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = tmp_path / "out"
     result = subprocess.run(
-        [sys.executable, "-c", "import mlp_mnist, compare_optimizers, sys; "
-         "per_seed, _ = mlp_mnist.seed_shardings(2); assert len(per_seed.device_set) == 2, per_seed; "
+        [sys.executable, "-c", "import many_models, compare_optimizers, sys; "
+         "per_model, _, padded = many_models.model_shardings(3); "
+         "assert len(per_model.device_set) == 2 and padded == 4, (per_model, padded); "
          "compare_optimizers.main(sys.argv[1:])",
-         "--configs", "nesterov", "--seeds", "0", "1", "--epochs", "2", "--vmap-seeds", "--data-dir", data_dir,
+         "--configs", "nesterov", "--seeds", "0", "1", "2", "--epochs", "2", "--vmap-seeds", "--data-dir", data_dir,
          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
     assert summary["environment"]["device_count"] == 2 and summary["vmap_seeds"] is True
-    assert summary["loader"] == "device"
+    assert summary["loader"] == "device" and [r["seed"] for r in summary["runs"]] == [0, 1, 2]
     for run in summary["runs"]:
         alone = mlp_mnist.train(config_for("nesterov", epochs=2, seed=run["seed"]), train_set, test_set,
                                 log=lambda line: None)
         assert_same_records(run["records"], alone["records"])
 
 
-def test_seed_shardings_use_the_devices_that_divide_the_seeds(monkeypatch):
+def test_the_model_axis_is_padded_to_a_multiple_of_the_devices(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda: [jax.local_devices()[0]] * 4)
-    assert mlp_mnist.seed_shardings(6)[0].mesh.size == 3  # 4 devices, 6 seeds: 3 devices, 2 seeds each
-    assert mlp_mnist.seed_shardings(8)[0].mesh.size == 4
-    assert mlp_mnist.seed_shardings(3)[0].mesh.size == 3
-    assert mlp_mnist.seed_shardings(5)[0].mesh.size == 1  # no split of 5 seeds fits 4 devices evenly
+    for models, padded in ((6, 8), (8, 8), (3, 4), (5, 8), (1, 4)):
+        per_model, _, got = many_models.model_shardings(models)
+        assert (got, per_model.mesh.size) == (padded, 4)
 
 
 def test_a_diverging_seed_stops_and_the_others_go_on(fake_data):
@@ -224,12 +252,35 @@ def test_a_diverging_seed_stops_and_the_others_go_on(fake_data):
     Together or alone, each seed stops at the same epoch with the same records."""
     _, (train_set, test_set) = fake_data
     config = config_for("sgd", epochs=3, lr=30.0, loader="device")
-    together = mlp_mnist.train_seeds(config, [0, 1, 2, 3], train_set, test_set, log=lambda line: None)
+    configs = [dict(config, seed=seed) for seed in (0, 1, 2, 3)]
+    together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
     statuses = [run["status"] for run in together]
     assert "completed" in statuses and any(s.startswith("diverged") for s in statuses), statuses
-    for seed, run in zip([0, 1, 2, 3], together):
-        alone = mlp_mnist.train(dict(config, seed=seed), train_set, test_set, log=lambda line: None)
+    for config, run in zip(configs, together):
+        alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
         assert run["status"] == alone["status"]
         completed_epochs = 3 if run["status"] == "completed" else int(run["status"].split()[-1]) - 1
         assert len(run["records"]) == completed_epochs
         assert_same_records(run["records"], alone["records"])
+
+
+def test_val_size_holds_out_the_last_images_and_records_their_accuracy(fake_data, tmp_path, capsys, monkeypatch):
+    """--val-size 100: training sees the first 200 images only, and each epoch records val_accuracy."""
+    data_dir, (train_set, _) = fake_data
+    seen = []
+    real_device_data = mlp_mnist.device_data
+
+    def recording_device_data(train, val, test, sharding=None):
+        seen.append((train.data.numpy(), val.data.numpy()))
+        return real_device_data(train, val, test, sharding)
+
+    monkeypatch.setattr(mlp_mnist, "device_data", recording_device_data)
+    out = tmp_path / "out"
+    mlp_mnist.main(["--epochs", "2", "--val-size", "100", "--data-dir", data_dir, "--out", str(out)])
+    (trained_on, held_out), = seen
+    np.testing.assert_array_equal(trained_on, train_set.data.numpy()[:200])
+    np.testing.assert_array_equal(held_out, train_set.data.numpy()[200:])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["val_size"] == 100
+    assert all(0 <= r["val_accuracy"] <= 1 for r in metrics["epochs"])
+    assert "held out for validation" in capsys.readouterr().out
