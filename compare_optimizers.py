@@ -1,4 +1,4 @@
-"""Compare the optimizers over several seeds: the README's table and curves in one command.
+"""Compare the optimizers over several seeds: the table and curves of docs/04 in one command.
 
     python compare_optimizers.py                    # writes runs/comparison/
     python compare_optimizers.py --configs sgd adam:lr=0.0003 --seeds 0 --out runs/try
@@ -14,7 +14,7 @@ when taken):
   summary.json  every run's per-epoch records, and per configuration the mean and standard
                 deviation over the seeds that completed every epoch of the final train and
                 test accuracy and of epoch time; the other seeds are listed apart
-  summary.md    that table in Markdown (the README embeds it)
+  summary.md    that table in Markdown (docs/04 embeds it)
   curves.png    test error and training loss against epoch, a band for the seed spread
 Exit status: 0 done, 2 bad input, 130 interrupted (the completed runs are still written).
 """
@@ -114,7 +114,7 @@ def summarise(runs, epochs):
                     incomplete=[dict(seed=r["seed"], status=r["status"], completed_epochs=len(r["records"]))
                                 for r in mine if r not in complete])
         for key, values in (("train_accuracy", [r["records"][-1]["train_accuracy"] for r in complete]),
-                            ("val_accuracy", [r["records"][-1]["val_accuracy"] for r in complete]),
+                            ("val_accuracy", [r["records"][-1].get("val_accuracy") for r in complete]),
                             ("test_accuracy", [r["records"][-1]["test_accuracy"] for r in complete]),
                             ("epoch_seconds", [statistics.fmean(e["train_seconds"] for e in r["records"])
                                                for r in complete])):
@@ -148,11 +148,17 @@ def markdown_table(summary, vmap_seeds=False):
     return "\n".join(lines) + "\n"
 
 
+def series_style(i):
+    """The i-th series' colour, line style and marker: no two of the first 40 look alike."""
+    return dict(color=reporting.plt.cm.tab10.colors[i % 10], linestyle=("-", "--", ":", "-.")[i // 10 % 4],
+                marker="osD^v<>ph*"[(i + i // 10) % 10], markersize=4)
+
+
 def plot_curves(runs, path):
     """Test error and training loss against epoch (log scales); line = mean over seeds, band = min to max."""
-    fig, (ax_err, ax_loss) = reporting.plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_err, ax_loss) = reporting.plt.subplots(1, 2, figsize=(12, 5.2))
     for i, label in enumerate(dict.fromkeys(r["label"] for r in runs)):
-        color, style = reporting.plt.cm.tab10.colors[i % 10], "-" if i < 10 else "--"
+        style = series_style(i)
         finished = [r["records"] for r in runs if r["label"] == label and r["records"]]
         if not finished:
             continue
@@ -161,17 +167,21 @@ def plot_curves(runs, path):
         for ax, key, to_plot in ((ax_err, "test_accuracy", lambda acc: 100 * (1 - acc)),
                                  (ax_loss, "train_loss", lambda loss: loss)):
             values = to_plot(np.array([[rec[key] for rec in records[:n]] for records in finished]))
-            ax.plot(epochs, values.mean(axis=0), color=color, linestyle=style, marker="o", markersize=3,
-                    label=label)
-            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=color, alpha=0.2)
-    ax_err.set(xlabel="epoch", ylabel="test error (%) = 100 - test accuracy", yscale="log")
+            ax.plot(epochs, values.mean(axis=0), label=label, **style)
+            ax.fill_between(epochs, values.min(axis=0), values.max(axis=0), color=style["color"], alpha=0.15)
+    ax_err.set(xlabel="epoch", ylabel="test error (%) = 100 - test accuracy", yscale="log", title="test error")
     ax_err.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax_err.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log")
-    ax_err.legend(fontsize=8, loc="upper right")
+    nesterov = any(r["config"]["optimizer"] == "nesterov" for r in runs)
+    ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log",
+                title="training loss" + (" (Nesterov's at its look-ahead point)" if nesterov else ""))
+    handles, labels = ax_err.get_legend_handles_labels()
+    rows = -(-len(labels) // 4)
+    fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)  # one legend for both, below the data
     seeds = len({r["seed"] for r in runs})
-    fig.suptitle(f"MNIST, 784-512-512-10 MLP: mean over {seeds} seed{'s' * (seeds > 1)}, band from min to max")
-    fig.tight_layout()
+    fig.suptitle("MNIST, 784-512-512-10 MLP: " + (f"line = mean over {seeds} seeds, shaded band = min to max "
+                                                   f"over the seeds" if seeds > 1 else "one seed per line"))
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     reporting.save_figure(fig, path)
 
 

@@ -1,7 +1,7 @@
 """Train a 784-512-512-10 MLP on MNIST, from scratch in JAX, with a hand-written optimizer.
 
     python mlp_mnist.py --optimizer adam --lr 0.001
-    python mlp_mnist.py --optimizer nesterov --data-dir ../shared/datasets/mnist --out runs/nesterov
+    python mlp_mnist.py --optimizer nesterov --data-dir /path/to/mnist --out runs/nesterov
 
     python mlp_mnist.py --optimizer momentum --loader device      # the JAX-native path
 
@@ -34,8 +34,8 @@ from optimized_sgd import OPTIMIZERS, make_optimizer
 from reporting import number_type, positive_float, positive_int, unit_interval  # noqa: F401 (the other scripts use them from here)
 from train_utils import LAYER_SIZES, batch_from_uint8, init_params, inputs_from_uint8, loss, make_step, predicted_class
 
-# --- Defaults: with these, each optimizer reproduces the README's table ----------------
-EPOCHS = 10  # the README's runs are 10 epochs long
+# --- Defaults: with these, each optimizer reproduces the table of docs/04 ---------------
+EPOCHS = 10  # the recipe's runs are 10 epochs long
 BATCH_SIZE = 128  # as in JAX's MNIST tutorial; the last batch of an epoch holds the rest (96)
 SEED = 0  # seeds the initial weights (jax.random) and the batch order (torch.Generator)
 MU = 0.9  # momentum and Nesterov: how much of the previous velocity is kept
@@ -61,7 +61,7 @@ def build_parser():
     p.add_argument("--optimizer", choices=sorted(OPTIMIZERS), default="sgd",
                    help="the update rule (default: %(default)s)")
     p.add_argument("--lr", type=positive_float, default=None,
-                   help="learning rate (default: the README's for the optimizer: "
+                   help="learning rate (default: the recipe's for the optimizer: "
                         + ", ".join(f"{name} {lr}" for name, (_, lr, _) in OPTIMIZERS.items()) + ")")
     p.add_argument("--epochs", type=positive_int, default=EPOCHS, help="passes over the training set (default: %(default)s)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE, help="images per step (default: %(default)s)")
@@ -443,7 +443,8 @@ def main(argv=None):
         title = f"{config['optimizer']}, lr {config['lr']}, seed {config['seed']}"
         test_labels = test_set.targets.numpy()
         try:
-            reporting.plot_run_curves(run["records"], title, f"{out}/curves.png")
+            note = " (at the look-ahead theta - mu v)" if config["optimizer"] == "nesterov" else ""
+            reporting.plot_run_curves(run["records"], title, f"{out}/curves.png", loss_note=note)
             reporting.plot_confusion(test_labels, run["test_predictions"], f"test set, {title}",
                                      f"{out}/confusion.png")
             reporting.plot_misclassified(test_set.data.numpy(), test_labels, run["test_predictions"],

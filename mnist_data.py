@@ -4,7 +4,7 @@ The folder (--data-dir) holds the four IDX files, gzipped or not, named either
 `train-images-idx3-ubyte` or `train-images.idx3-ubyte` (likewise the other three); the
 layout torchvision downloads into, DIR/MNIST/raw/, is searched too. The folder is only
 ever read: .gz files are decompressed in memory, nothing is extracted, so a read-only
-folder such as ../shared/datasets/mnist works. Only when none of the four files is there
+folder works. Only when none of the four files is there
 does torchvision download them (into DIR/MNIST/raw/).
 
 Every file is checked before it is trusted (magic number, dimensions, size against the

@@ -48,26 +48,19 @@ def nesterov(lr, mu=0.9):
 
         g = grad J(theta - mu * v);   v <- mu * v + lr * g;   theta <- theta - v
 
-    The gradient is evaluated at the look-ahead point theta - mu * v (grad_point below),
-    not at theta. Writing phi = theta - mu * v turns this into optax's form,
+    Momentum's init and update, unchanged; only the point where the gradient is taken differs:
+    the look-ahead point theta - mu * v (grad_point below), not theta. Writing
+    phi = theta - mu * v turns this into optax's form,
     optax.sgd(lr, momentum=mu, nesterov=True), whose parameters are phi.
 
     Two points, then: mlp_mnist.py reports a Nesterov run's training loss at phi (it comes
     with the gradient), and its train and test accuracies at theta (the params it keeps).
     """
 
-    def init(params):
-        return MomentumState(zeros_like_tree(params))
-
     def grad_point(params, state):
         return tree_map(lambda p, v: p - mu * v, params, state.velocity)
 
-    def update(grads, state, params):
-        velocity = tree_map(lambda v, g: mu * v + lr * g, state.velocity, grads)
-        new_params = tree_map(lambda p, v: p - v, params, velocity)
-        return new_params, MomentumState(velocity)
-
-    return Optimizer(init, update, grad_point)
+    return momentum(lr, mu)._replace(grad_point=grad_point)
 
 
 class RMSPropState(NamedTuple):
@@ -80,9 +73,12 @@ def rmsprop(lr, rho=0.9, eps=1e-8):
         s <- rho * s + (1 - rho) * g^2;   theta <- theta - lr * g / (sqrt(s) + eps)
 
     (s starts at 0.) Equals optax.rmsprop(lr, decay=rho, eps=eps, eps_in_sqrt=False).
+    No bias correction: s is used as it is, not divided by (1 - rho^t) as Adam divides its v,
+    so early on s is smaller than the mean of g^2 (after step 1, a tenth of g^2 for rho = 0.9).
     A step does not depend on the scale of the gradient (g and 1000 g give the same steps),
     and since s >= (1 - rho) g^2, no step is longer than lr / sqrt(1 - rho): the first one,
-    with s = (1 - rho) g^2, is exactly that long (3.16 lr for rho = 0.9).
+    with s = (1 - rho) g^2, is exactly that long (3.16 lr for rho = 0.9) for every weight
+    whose gradient is not zero (a zero gradient moves nothing) and well above eps.
     """
 
     def init(params):
@@ -121,12 +117,11 @@ def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
         step = state.step + 1
         mean = tree_map(lambda m, g: beta1 * m + (1 - beta1) * g, state.mean, grads)
         mean_square = tree_map(lambda v, g: beta2 * v + (1 - beta2) * g * g, state.mean_square, grads)
-        mean_correction = 1 - beta1 ** step.astype(jnp.float32)
-        mean_square_correction = 1 - beta2 ** step.astype(jnp.float32)
 
         def step_one(p, m, v):
-            m_hat = m / mean_correction
-            v_hat = v / mean_square_correction
+            t = step.astype(p.dtype)  # the corrections in the params' precision (float64 in optimizer_paths.py)
+            m_hat = m / (1 - beta1 ** t)
+            v_hat = v / (1 - beta2 ** t)
             return p - lr * m_hat / (jnp.sqrt(v_hat) + eps)
 
         new_params = tree_map(step_one, params, mean, mean_square)
@@ -135,7 +130,7 @@ def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
     return Optimizer(init, update, at_params)
 
 
-# name -> (factory, the learning rate the README reports for it, its hyperparameter flags)
+# name -> (factory, the recipe's learning rate for it (docs/04), its hyperparameter flags)
 OPTIMIZERS = {
     "sgd": (sgd, 0.01, ()),
     "momentum": (momentum, 0.01, ("mu",)),

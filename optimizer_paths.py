@@ -1,25 +1,25 @@
 """See the five optimizers move: their paths on 2-D functions, and their rates against theory.
 
-    python optimizer_paths.py                      # writes results/paths/
-    python optimizer_paths.py --out runs/paths
+    python optimizer_paths.py                      # writes runs/paths/ (runs/paths-2/, ... when taken)
+    python optimizer_paths.py --out results/paths  # the folder docs/03-paths-and-theory.md quotes
 
 The optimizers are the ones MNIST trains with (train_utils.py, optimized_sgd.py), unchanged,
-on params that are a pytree of two scalars, {"x": x, "y": y}; each step takes the gradient at
-optimizer.grad_point, as mlp_mnist's training step does. Everything runs in float64, so the
+on params that are a pytree of two scalars, {"x": x, "y": y}; each step is
+train_utils.make_step, the step mlp_mnist.py trains with. Everything runs in float64, so the
 rates below are measured far above rounding. Writes, into --out (new or empty):
-  paths.png    each optimizer's path over the contour lines of three functions, and
-               f(theta_t) - f* against t on a log scale
+  paths.png    each optimizer's path over the contour lines of three functions (with a zoom
+               on the quadratics' minimum), and f(theta_t) - f* against t on a log scale
   paths.json   the settings of every path, and the steps each optimizer needs to bring
                f - f* under 1e-3 on the quadratic and on the same quadratic rotated by 45 degrees
   rates.json   on quadratics of condition number kappa = L / m: the rate per step at which
-               gradient descent, heavy-ball momentum and Nesterov shrink the error
-               ||theta_t - theta*||, measured and from theory
-  summary.md   both tables, as the README shows them
+               gradient descent, heavy-ball momentum and Nesterov (at two settings: the
+               textbook one and the best one) shrink the error ||theta_t - theta*||,
+               measured and from theory
+  summary.md   both tables, as docs/03-paths-and-theory.md shows them
 Exit status: 0 done, 2 bad --out.
 """
 import argparse
 import math
-import sys
 
 import jax
 import jax.numpy as jnp
@@ -27,6 +27,7 @@ import numpy as np
 
 import reporting
 from optimized_sgd import make_optimizer
+from train_utils import make_step
 
 
 # --- The functions -----------------------------------------------------------------------
@@ -49,11 +50,12 @@ def rosenbrock(p):
 
 
 # Each panel: the function, where the paths start, how many steps, and every optimizer's
-# settings, chosen so that each path shows its character (see the README).
+# settings, chosen so that each path shows its character (see docs/03-paths-and-theory.md).
 QUADRATIC_SETTINGS = {
     "sgd": dict(lr=0.4),  # 1 - 0.4 * 4 = -0.6: each step overshoots across the valley and back
-    "momentum": dict(lr=0.4, mu=0.5),  # the same lr: the velocity cancels the zig-zag, keeps the descent
-    "nesterov": dict(lr=0.3, mu=0.5),  # its look-ahead makes it unstable sooner: at lr 0.4 it diverges here
+    "momentum": dict(lr=0.4, mu=0.5),  # the same lr: faster along the valley (0.77 per step, not 0.92),
+                                       # slower to settle across it (|z| = 0.71, not 0.6): docs/02-optimizers.md
+    "nesterov": dict(lr=0.3, mu=0.5),  # at lr 0.4 it diverges here: a root -1.16 across the valley
     "rmsprop": dict(lr=0.1, rho=0.9),  # steps ~lr long whatever the curvature
     "adam": dict(lr=0.1),
 }
@@ -84,17 +86,17 @@ STEPS_TO = 1e-6  # how many steps each method needs to bring ||e_t|| under this
 def trajectory(optimizer, f, start, steps):
     """theta_0 = start, then `steps` steps of `optimizer` on f -> {"x": (steps + 1,), "y": (steps + 1,)}.
 
-    One step is what mlp_mnist's training step does: the gradient at optimizer.grad_point
-    (theta itself, or Nesterov's look-ahead), then optimizer.update. The path records theta.
+    One step is train_utils.make_step, the one mlp_mnist.py trains with: the gradient at
+    optimizer.grad_point (theta itself, or Nesterov's look-ahead), then optimizer.update.
+    Here there is no batch: the loss is f(params). The path records theta.
     """
+    step = make_step(optimizer, lambda params, _batch: f(params))
 
-    def step(carry, _):
-        params, state = carry
-        grads = jax.grad(f)(optimizer.grad_point(params, state))
-        params, state = optimizer.update(grads, state, params)
+    def scan_step(carry, _):
+        params, state, _loss = step(*carry, None)
         return (params, state), params
 
-    (_, _), path = jax.lax.scan(step, (start, optimizer.init(start)), None, length=steps)
+    _, path = jax.lax.scan(scan_step, (start, optimizer.init(start)), None, length=steps)
     return jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), start, path)
 
 
@@ -117,15 +119,33 @@ def steps_until(values, target):
 # --- Rates against theory ---------------------------------------------------------------
 
 
+# How theory() chooses each method's settings, in words (summary.md and rates.json repeat them).
+SETTING_RULES = {
+    "gradient descent": "lr 2/(L+m): rate (κ-1)/(κ+1)",
+    "heavy ball": "lr 4/(√L+√m)², mu ((√κ-1)/(√κ+1))²: rate (√κ-1)/(√κ+1), the best on quadratics (Polyak 1964)",
+    "nesterov, textbook": "lr 1/L, mu (√κ-1)/(√κ+1), the textbook setting (Nesterov, Introductory Lectures "
+                          "on Convex Optimization, 2004): rate 1-1/√κ",
+    "nesterov, optimal": "lr 4/(3L+m), mu (√(3κ+1)-2)/(√(3κ+1)+2): rate 1-2/√(3κ+1), "
+                         "the best on quadratics (Lessard, Recht & Packard 2016)",
+}
+
+
 def theory(kappa, m=1.0):
-    """-> {method: (optimizer name, settings, rate per step)} for a quadratic with curvatures m and L = kappa m."""
+    """-> {method: (optimizer name, settings, rate per step)} for a quadratic with curvatures m and L = kappa m.
+
+    Each rate is the largest |root| of the method's characteristic polynomial at its settings
+    (docs/02-optimizers.md derives them). Nesterov twice: the textbook setting, and the best
+    one on quadratics (Lessard, Recht & Packard 2016, https://arxiv.org/abs/1408.3595).
+    """
     L = kappa * m
     root = math.sqrt(kappa)
+    root3 = math.sqrt(3 * kappa + 1)
     return {
         "gradient descent": ("sgd", dict(lr=2 / (L + m)), (kappa - 1) / (kappa + 1)),
         "heavy ball": ("momentum", dict(lr=4 / (math.sqrt(L) + math.sqrt(m)) ** 2,
                                         mu=((root - 1) / (root + 1)) ** 2), (root - 1) / (root + 1)),
-        "nesterov": ("nesterov", dict(lr=1 / L, mu=(root - 1) / (root + 1)), 1 - 1 / root),
+        "nesterov, textbook": ("nesterov", dict(lr=1 / L, mu=(root - 1) / (root + 1)), 1 - 1 / root),
+        "nesterov, optimal": ("nesterov", dict(lr=4 / (3 * L + m), mu=(root3 - 2) / (root3 + 2)), 1 - 2 / root3),
     }
 
 
@@ -139,7 +159,7 @@ def measured_rate(errors, floor=RATE_FLOOR):
     """The geometric mean of ||e_t+1|| / ||e_t|| over the late steps: the second half of the run,
     which ends where ||e_t|| falls under `floor` (or at the last step).
 
-    Late, because the optimal heavy ball and Nesterov have a double root: their error falls as
+    Late, because the heavy ball and Nesterov at these settings have a double root: their error falls as
     t rho^t, not rho^t, and the factor t fades from the ratio only as t grows (by ln 2 / (end / 2)).
     """
     end = steps_until(errors, floor) or len(errors) - 1
@@ -165,32 +185,89 @@ def settings_text(settings):
     return ", ".join(f"{k} {v:g}" for k, v in settings.items())
 
 
+# One look per optimizer, the same in every panel: colour, line style and marker all differ,
+# so that paths and curves that lie on top of each other can still be told apart.
+STYLES = {
+    "sgd": dict(color="tab:blue", linestyle="-", marker="o"),
+    "momentum": dict(color="tab:orange", linestyle="--", marker="s"),
+    "nesterov": dict(color="tab:green", linestyle="-.", marker="^"),
+    "rmsprop": dict(color="tab:red", linestyle=":", marker="D"),
+    "adam": dict(color="tab:purple", linestyle=(0, (6, 2, 1, 2, 1, 2)), marker="v"),
+}
+# Where each path panel puts its legend and its zoom on the minimum (axes fractions), both
+# in corners that the paths leave empty; Rosenbrock has no zoom.
+LAYOUT = {
+    "quadratic": dict(name="the quadratic", legend="lower right", zoom=(0.66, 0.56, 0.33, 0.36), zoom_box=0.12),
+    "rotated": dict(name="the rotated quadratic", legend="lower right", zoom=(0.1, 0.56, 0.33, 0.36), zoom_box=0.12),
+    "rosenbrock": dict(name="Rosenbrock", legend="upper right", zoom=None),
+}
+# The steps that get a marker: every step of the quadratics' first 20 (the zig-zag, step by
+# step); on Rosenbrock, where each path is at steps 10, 30, 100, ... (how far each got by when).
+TARGET_STYLE = dict(color="0.3", linestyle=(0, (1, 3)), linewidth=1)
+MARKED_STEPS = {"quadratic": list(range(1, 21)), "rotated": list(range(1, 21)),
+                "rosenbrock": [10, 30, 100, 300, 1000, 2000]}
+
+
+def marked_text(steps):
+    """[1, 2, ..., 20] -> "1, 2, ... 20"; [10, 30, 100] -> "10, 30, 100"."""
+    if steps == list(range(steps[0], steps[-1] + 1)):
+        return f"{steps[0]}, {steps[1]}, ... {steps[-1]}"
+    return ", ".join(map(str, steps))
+
+
+def draw_contours(ax, panel, box):
+    (x0, x1), (y0, y1) = box
+    grid_x, grid_y = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
+    grid_f = np.asarray(panel["f"]({"x": grid_x, "y": grid_y}))
+    levels = np.geomspace(max(grid_f.min(), 1e-4), grid_f.max(), 14)
+    ax.contour(grid_x, grid_y, grid_f, levels=levels, colors="0.8", linewidths=0.7)
+    ax.set(xlim=(x0, x1), ylim=(y0, y1), aspect="equal")
+
+
+def draw_zoom(ax_path, panel, layout):
+    """An inset on the minimum: the last 30 steps of every path, a marker at each."""
+    half = layout["zoom_box"]
+    inset = ax_path.inset_axes(layout["zoom"])
+    draw_contours(inset, panel, ((-half, half), (-half, half)))
+    for name, result in panel["runs"].items():
+        inset.plot(result["x"][-31:], result["y"][-31:], linewidth=1, markersize=4, **STYLES[name])
+    inset.plot(*panel["minimum"], "k*", markersize=9, zorder=10)
+    inset.set_title(f"zoom ±{half:g}: the last 30 steps", fontsize=8, pad=3)
+    inset.tick_params(labelsize=7)
+    ax_path.indicate_inset_zoom(inset, edgecolor="0.4")
+
+
 def plot_paths(panels, path):
-    """Top row: contours and paths; bottom row: f(theta_t) - f* against t (log scale)."""
+    """Top row: contours and paths, with a zoom on the minimum; bottom row: f(theta_t) - f* against t (log)."""
     plt = reporting.plt
-    fig, axes = plt.subplots(2, len(panels), figsize=(6 * len(panels), 10.5))
-    colors = dict(zip(QUADRATIC_SETTINGS, plt.cm.tab10.colors))
+    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 12))
     for column, (key, panel) in enumerate(panels.items()):
         ax_path, ax_error = axes[0, column], axes[1, column]
-        (x0, x1), (y0, y1) = panel["box"]
-        grid_x, grid_y = np.meshgrid(np.linspace(x0, x1, 300), np.linspace(y0, y1, 300))
-        grid_f = np.asarray(panel["f"]({"x": grid_x, "y": grid_y}))
-        levels = np.geomspace(max(grid_f.min(), 1e-3), grid_f.max(), 14)
-        ax_path.contour(grid_x, grid_y, grid_f, levels=levels, colors="0.75", linewidths=0.7)
+        draw_contours(ax_path, panel, panel["box"])
         for name, result in panel["runs"].items():
-            label = f"{name} ({settings_text(panel['settings'][name])})"
-            ax_path.plot(result["x"], result["y"], "-o", color=colors[name], markersize=2.5, linewidth=1,
-                         markevery=range(0, 60), label=label)  # a dot for each of the first 60 steps
-            ax_error.plot(np.maximum(result["f"], 1e-300), color=colors[name], label=label)
-        ax_path.plot(*panel["start"], "ks", markersize=5)
-        ax_path.plot(*panel["minimum"], "k*", markersize=10)
-        ax_path.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="x", ylabel="y", aspect="equal",
+            ax_path.plot(result["x"], result["y"], linewidth=1.2, markevery=MARKED_STEPS[key],
+                         markersize=3.5 if len(MARKED_STEPS[key]) > 10 else 7, markeredgecolor="k", markeredgewidth=0.3,
+                         label=f"{name} ({settings_text(panel['settings'][name])})", **STYLES[name])
+            ax_error.plot(np.maximum(result["f"], 1e-300), linewidth=1.5,
+                          **{k: v for k, v in STYLES[name].items() if k != "marker"})
+        ax_path.plot(*panel["start"], "s", color="k", markerfacecolor="white", markeredgewidth=1.5,
+                     markersize=8, zorder=10, label="start")  # on top of every path's markers
+        ax_path.plot(*panel["minimum"], "k*", markersize=11, zorder=10, label="minimum")
+        ax_path.set(xlabel="x", ylabel="y",
                     title=f"{panel['title']}\nstart ({panel['start'][0]:.2f}, {panel['start'][1]:.2f}), "
-                          f"{panel['steps']} steps")
-        ax_path.legend(fontsize=7, loc="lower right" if key != "rosenbrock" else "upper right")
-        ax_error.set(yscale="log", ylim=(1e-16, None), xlabel="step t", ylabel="f(θ_t) - f*")
-        ax_error.axhline(TARGET, color="0.5", linestyle=":", linewidth=1)
-    fig.tight_layout()
+                          f"{panel['steps']} steps\na marker at steps {marked_text(MARKED_STEPS[key])}")
+        ax_path.legend(fontsize=8, loc=LAYOUT[key]["legend"], framealpha=0.9)
+        if LAYOUT[key]["zoom"]:
+            draw_zoom(ax_path, panel, LAYOUT[key])
+        ax_error.axhline(TARGET, **TARGET_STYLE)
+        ax_error.set(yscale="log", ylim=(1e-16, 1e3), xlabel="step t", ylabel="f(θ_t) - f*  (log scale)",
+                     title=f"f(θ_t) - f* on {LAYOUT[key]['name']}")
+    handles = [plt.Line2D([], [], linewidth=1.5, **{k: v for k, v in style.items() if k != "marker"})
+               for style in STYLES.values()] + [plt.Line2D([], [], **TARGET_STYLE)]
+    fig.legend(handles, list(STYLES) + [f"f - f* = {TARGET:g}, the target of the rotation table"],
+               loc="lower center", ncol=len(handles), fontsize=10,
+               title="bottom row (settings in the legends above)", title_fontsize=9)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     reporting.save_figure(fig, path)
 
 
@@ -202,6 +279,8 @@ def markdown(panels, rate_rows):
         counts = [panels[key]["runs"][name]["steps_to_target"] for key in ("quadratic", "rotated")]
         lines.append(f"| {name} | {settings_text(settings)} | "
                      + " | ".join("never" if c is None else str(c) for c in counts) + " |")
+    lines += ["", "How each method's settings are chosen, on a quadratic with curvatures m to L (κ = L / m):", ""]
+    lines += [f"- {method}: {rule}" for method, rule in SETTING_RULES.items()]
     lines += ["", "Rate per step at which ||θ_t - θ*|| shrinks on f = (m x² + L y²) / 2, m = 1, L = κ:", "",
               "| κ | method | settings | theory | measured | measured / theory | steps to 1e-6 |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
@@ -225,26 +304,25 @@ def run_panels():
 def main(argv=None):
     p = argparse.ArgumentParser(description="The five optimizers on 2-D functions, and their rates against theory.",
                                 epilog="Exit status: 0 done, 2 bad --out.")
-    p.add_argument("--out", default="results/paths", metavar="DIR",
-                   help="new or empty folder for paths.png, paths.json, rates.json, summary.md (default: %(default)s)")
+    p.add_argument("--out", metavar="DIR",
+                   help="new or empty folder for paths.png, paths.json, rates.json, summary.md (default: runs/paths, "
+                        "or runs/paths-2, -3, ... when that one holds files)")
     args = p.parse_args(argv)
-    try:
-        reporting.claim_out_dir(args.out)
-    except reporting.OutDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    args.out = args.out or reporting.default_out_dir("paths")
+    reporting.claim_out_dir_or_exit(args.out)
 
     panels = run_panels()
     rate_rows = rates()
     reporting.write_json(f"{args.out}/paths.json", {key: dict(
         function=panel["title"], start=panel["start"], steps=panel["steps"], minimum=panel["minimum"],
         optimizers={name: dict(settings=panel["settings"][name], final_f=float(run["f"][-1]),
+                               last_two_points=[[float(run["x"][t]), float(run["y"][t])] for t in (-2, -1)],
                                steps_to_target=run["steps_to_target"]) for name, run in panel["runs"].items()})
         for key, panel in panels.items()} | {"target": TARGET})
     reporting.write_json(f"{args.out}/rates.json", dict(
         function="f = (m x^2 + L y^2) / 2, m = 1, L = kappa, from (1, 1), float64",
         measured=f"geometric mean of ||e_t+1|| / ||e_t|| over the second half of the run, which ends at "
-                 f"{RATE_STEPS} steps or where ||e_t|| < {RATE_FLOOR:g}", rates=rate_rows))
+                 f"{RATE_STEPS} steps or where ||e_t|| < {RATE_FLOOR:g}", setting_rules=SETTING_RULES, rates=rate_rows))
     summary = markdown(panels, rate_rows)
     reporting.write_text(f"{args.out}/summary.md", summary)
     plot_paths(panels, f"{args.out}/paths.png")

@@ -1,9 +1,9 @@
 """What every script shares on its way in and out: argparse number types, the --out folder
 and output files, atomic writes, and the plots (matplotlib, no display).
 
-One rule for every flag that writes (--out, --plot, --json FILE): nothing that exists is
-overwritten or mixed in. --out must be a new or empty folder; an output file must not exist
-yet. A refusal is one line (OutDirError) and the scripts exit with status 2. A folder that a
+One rule for every output: nothing that exists is overwritten or mixed in. Every script writes
+into one --out folder, which must be new or empty (no script has a flag that names a single
+output file). A refusal is one line (OutDirError) and the scripts exit with status 2. A folder that a
 run created and left empty (it failed before writing anything) is removed when it exits.
 
 Every file is written to a temporary name in the same folder and then renamed over the
@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import statistics
+import sys
 import tempfile
 import time
 
@@ -123,6 +124,15 @@ def claim_out_dir(path, flag="--out"):
     _created_out_dirs.extend(missing)  # deepest first
 
 
+def claim_out_dir_or_exit(path):
+    """claim_out_dir, or end the program with one line and exit status 2."""
+    try:
+        claim_out_dir(path)
+    except OutDirError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
 def remove_unused_out_dirs():
     """Remove the folders claim_out_dir created that are still empty (a run that failed early)."""
     while _created_out_dirs:
@@ -146,15 +156,6 @@ def default_out_dir(name):
     candidates = [os.path.join(RUNS_DIR, name)] + [os.path.join(RUNS_DIR, f"{name}-{i}") for i in range(2, 10_000)]
     return next(c for c in candidates if not (os.path.isdir(c) and os.listdir(c)) and not os.path.isfile(c))
 
-
-def claim_out_file(path, flag):
-    """Accept an output file that does not exist yet in an existing folder; refuse anything else."""
-    if os.path.lexists(path):
-        raise OutDirError(f"{flag} {path}: already exists; a run never overwrites a file: choose a new "
-                          f"name, or move the old file away first")
-    folder = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(folder):
-        raise OutDirError(f"{flag} {path}: the folder {os.path.dirname(path) or '.'} does not exist")
 
 
 def _atomic_write(path, write):
@@ -190,16 +191,23 @@ def save_figure(fig, path):
 # --- Plots of one run ----------------------------------------------------------------
 
 
-def plot_run_curves(records, title, path):
-    """Training loss and train/test accuracy against epoch, for one run's records."""
+def plot_run_curves(records, title, path, loss_note=""):
+    """Training loss and train/(val/)test accuracy against epoch, for one run's records.
+
+    loss_note says where the loss is measured when that is not the params themselves
+    (Nesterov: at the look-ahead point).
+    """
     epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.5))
-    ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o")
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", label="training loss" + loss_note)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log")
-    ax_acc.plot(epochs, [100 * r["train_accuracy"] for r in records], marker="o", label="train")
-    ax_acc.plot(epochs, [100 * r["test_accuracy"] for r in records], marker="o", label="test")
+    ax_loss.legend(fontsize=8)
+    for key, label, marker in (("train_accuracy", "train", "o"), ("val_accuracy", "validation", "s"),
+                               ("test_accuracy", "test", "^")):
+        if all(r.get(key) is not None for r in records):
+            ax_acc.plot(epochs, [100 * r[key] for r in records], marker=marker, label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
-    ax_acc.legend()
+    ax_acc.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     save_figure(fig, path)
@@ -213,9 +221,15 @@ def confusion_matrix(true, predicted, num_classes=10):
 
 
 def plot_confusion(true, predicted, title, path):
+    """The confusion matrix with its counts written in; the colour is log(1 + count), so that the few
+    errors off the diagonal show next to the thousands on it."""
     counts = confusion_matrix(true, predicted)
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.imshow(np.log1p(counts), cmap="Blues")
+    fig, ax = plt.subplots(figsize=(6.2, 5))
+    image = ax.imshow(np.log1p(counts), cmap="Blues")
+    bar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
+    ticks = [t for t in (0, 1, 10, 100, 1000) if t <= counts.max()]
+    bar.set_ticks(np.log1p(ticks), labels=[str(t) for t in ticks])
+    bar.set_label("count (colour: log(1 + count))")
     for i in range(10):
         for j in range(10):
             ax.text(j, i, counts[i, j], ha="center", va="center", fontsize=7,
@@ -236,6 +250,7 @@ def plot_misclassified(images, true, predicted, path, max_shown=40):
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[i], cmap="gray_r")
         ax.set_title(f"{true[i]} -> {predicted[i]}", fontsize=8)
-    fig.suptitle(f"first {len(wrong)} of {int(np.sum(true != predicted))} misclassified test digits")
+    fig.suptitle(f"first {len(wrong)} of {int(np.sum(true != predicted))} misclassified test digits "
+                 f"(above each: true -> predicted)")
     fig.tight_layout()
     save_figure(fig, path)

@@ -43,7 +43,7 @@ import reporting  # noqa: E402
 from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
 TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
-VMAP_SEEDS = (0, 1, 2)  # as many seeds as the README's comparison trains
+VMAP_SEEDS = (0, 1, 2)  # as many seeds as the comparison of docs/04 trains
 
 
 def matmul_shapes(batch=BATCH, sizes=LAYER_SIZES):

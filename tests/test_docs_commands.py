@@ -21,8 +21,14 @@ from conftest import ROOT
 DOCS = [os.path.join(ROOT, "README.md")] + sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
 
 
-def bash_commands(path):
-    """-> [(line number, argv)] of the commands in the file's ```bash blocks, continuations joined."""
+EXPECTED_ERROR = "# exits with status 2"  # a doc's comment on a command that shows a bad input on purpose
+
+
+def bash_commands(path, expected_errors=False):
+    """-> [(line number, argv)] of the commands in the file's ```bash blocks, continuations joined.
+
+    With expected_errors, only the commands whose line ends with EXPECTED_ERROR; else only the others.
+    """
     commands, block, pending, start = [], False, "", 0
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -36,12 +42,15 @@ def bash_commands(path):
             if stripped.endswith("\\"):
                 pending += stripped[:-1] + " "
                 continue
-            commands.append((start, shlex.split(pending + stripped, comments=True)))
+            if stripped.endswith(EXPECTED_ERROR) == expected_errors:
+                commands.append((start, shlex.split(pending + stripped, comments=True)))
             pending = ""
     return commands
 
 
 ALL_COMMANDS = [(os.path.relpath(doc, ROOT), number, argv) for doc in DOCS for number, argv in bash_commands(doc)]
+BAD_INPUT_COMMANDS = [(os.path.relpath(doc, ROOT), number, argv) for doc in DOCS
+                      for number, argv in bash_commands(doc, expected_errors=True)]
 PYTHON_COMMANDS = [c for c in ALL_COMMANDS if c[2][0] == "python" and c[2][1:2] != ["-m"]]
 
 
@@ -103,6 +112,17 @@ def test_the_script_accepts_the_arguments(doc, line, argv, monkeypatch):
                 f"writes results/)")
 
 
+@pytest.mark.parametrize("doc, line, argv", BAD_INPUT_COMMANDS, ids=[f"{d}:{n}" for d, n, _ in BAD_INPUT_COMMANDS])
+def test_a_command_shown_failing_fails_with_status_2_or_parses(doc, line, argv, monkeypatch):
+    """A command the docs show failing on purpose: its script exists, and if argparse refuses it, with
+    status 2 (a bad --data-dir, say, is refused later, when the data is read: tests/test_errors.py)."""
+    assert os.path.isfile(os.path.join(ROOT, argv[1])), f"{doc}:{line}: no {argv[1]}"
+    try:
+        parse_only(monkeypatch, argv)
+    except SystemExit as exit_info:
+        assert exit_info.code == 2
+
+
 def test_a_missing_flag_is_caught(monkeypatch):
     """The check can fail: a flag no parser knows ends in a usage error."""
     with pytest.raises(SystemExit) as exit_info:
@@ -144,3 +164,42 @@ def test_bash_blocks_are_read_as_a_shell_would(tmp_path, text, argv):
     doc = tmp_path / "doc.md"
     doc.write_text(text)
     assert [a for _, a in bash_commands(str(doc))] == argv
+
+
+def quoted_code(path):
+    """-> [(line number, file quoted, [lines])] of the ```python blocks that start with '# from FILE'."""
+    quotes, current = [], None
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if line.strip() == "```python":
+                current = [number, None, []]
+            elif line.strip() == "```" and current is not None:
+                if current[1]:
+                    quotes.append(tuple(current))
+                current = None
+            elif current is not None:
+                match = re.fullmatch(r"# from (\S+)", line.strip())
+                if current[1] is None and match and not current[2]:
+                    current[1] = match.group(1)
+                elif line.strip():
+                    current[2].append(line.rstrip("\n"))
+    return quotes
+
+
+QUOTES = [(os.path.relpath(doc, ROOT), *quote) for doc in DOCS for quote in quoted_code(doc)]
+
+
+@pytest.mark.parametrize("doc, line, source, lines", QUOTES, ids=[f"{q[0]}:{q[1]}" for q in QUOTES])
+def test_quoted_code_is_the_real_code(doc, line, source, lines):
+    """A block that says '# from mlp_mnist.py' quotes that file: every line is in it, in that order."""
+    with open(os.path.join(ROOT, source)) as f:
+        real = [l.rstrip("\n") for l in f]
+    position = 0
+    for quoted in lines:
+        found = next((i for i in range(position, len(real)) if real[i] == quoted), None)
+        assert found is not None, f"{doc}:{line}: {quoted.strip()!r} is not in {source} (after line {position})"
+        position = found + 1
+
+
+def test_the_docs_quote_the_training_loop():
+    assert any(source == "mlp_mnist.py" for _, _, source, _ in QUOTES)

@@ -431,16 +431,6 @@ def test_an_out_folder_that_holds_files_is_kept(tmp_path):
     assert (tmp_path / "made" / "deep" / "metrics.json").exists() and kept.exists()
 
 
-def test_an_output_file_is_never_overwritten(tmp_path):
-    (tmp_path / "square.png").write_text("earlier")
-    with pytest.raises(reporting.OutDirError, match="already exists"):
-        reporting.claim_out_file(str(tmp_path / "square.png"), "--plot")
-    with pytest.raises(reporting.OutDirError, match="does not exist"):
-        reporting.claim_out_file(str(tmp_path / "nowhere" / "square.png"), "--plot")
-    reporting.claim_out_file(str(tmp_path / "new.png"), "--plot")  # a new file in a folder that exists: fine
-    assert (tmp_path / "square.png").read_text() == "earlier"
-
-
 def test_the_default_out_folder_never_collides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert reporting.default_out_dir("paths") == os.path.join("runs", "paths")
