@@ -8,7 +8,7 @@ The protocol, after Choi et al. 2019 ("On Empirical Comparisons of Optimizers fo
   the same for every seed; the models train on the 50,000 before them. The test set is used
   only to report the settings that validation chose.
 - Equal budget: every optimizer gets the same grid of learning rates (LRS: log-spaced, a factor
-  sqrt(10) = 3.16 apart, from 1e-4 to 0.316), the same seeds and the same epochs; its other
+  sqrt(10) = 3.16 apart, from 1e-5 to 0.316), the same seeds and the same epochs; its other
   hyperparameters stay at mlp_mnist.py's defaults.
 - Selection: for each optimizer, the learning rate with the highest mean validation accuracy
   at the last epoch. A run whose loss diverged counts as chance (10%) and is marked diverged.
@@ -20,6 +20,8 @@ The protocol, after Choi et al. 2019 ("On Empirical Comparisons of Optimizers fo
   reaches 97% and 98% (the median over seeds, or never).
 With --vmap (the default) every (learning rate, eps, seed) of one optimizer trains at once, as one
 JAX program (many_models.train_many); --no-vmap trains them one after another (mlp_mnist.train).
+--reuse DIR widens an earlier study: its runs whose settings are this study's are taken as they
+are, and only the others are trained.
 Writes, atomically, into a new or empty --out folder (default runs/tuning, numbered when taken):
   summary.json    the protocol, every grid point, the selected settings, every run's per-epoch records
   summary.md      the selected table and the grid of validation accuracies
@@ -27,6 +29,7 @@ Writes, atomically, into a new or empty --out folder (default runs/tuning, numbe
 Exit status: 0 done, 2 bad input, 130 interrupted (the optimizers finished so far are written).
 """
 import argparse
+import json
 import math
 import statistics
 import sys
@@ -42,7 +45,7 @@ import reporting
 from optimized_sgd import OPTIMIZERS
 
 # --- The protocol's defaults ---------------------------------------------------------------
-LRS = [round(10 ** (k / 2), 10) for k in range(-8, 0)]  # 1e-4 .. 0.316, a factor sqrt(10) apart: 8 rates
+LRS = [round(10 ** (k / 2), 10) for k in range(-10, 0)]  # 1e-5 .. 0.316, a factor sqrt(10) apart: 10 rates
 ADAM_EPS = [1e-8, 1e-4, 1e-2]  # Adam's default eps, then two that reach the gradients' scale (~1e-3)
 SEEDS = [0, 1, 2]  # three seeds for a mean and a spread
 EPOCHS = 10  # the recipe's epochs
@@ -71,6 +74,9 @@ def build_parser():
     p.add_argument("--vmap", action=argparse.BooleanOptionalAction, default=True,
                    help="train every (lr, eps, seed) of an optimizer at once, as one program (default: on; "
                         "--no-vmap trains them one after another)")
+    p.add_argument("--reuse", metavar="DIR",
+                   help="an earlier study's folder: its runs whose settings are this study's (same optimizer, "
+                        "lr, eps, seed, epochs, split) are taken as they are; only the others are trained")
     mlp_mnist.add_data_dir_argument(p)
     p.add_argument("--out", default=None, metavar="DIR",
                    help="new or empty folder for summary.json, summary.md and sensitivity.png (default: "
@@ -218,7 +224,7 @@ def markdown(args, rows, selected):
                      f"{percent(s['test_accuracy_mean'], s['test_accuracy_std'])} | {never(s['epochs_to_97'])} | "
                      f"{never(s['epochs_to_98'])} |")
     lines += ["", f"Mean over seeds {', '.join(map(str, args.seeds))} at epoch {args.epochs}; validation: the last "
-              f"{args.val_size:,} training images; test: the 10,000 test images, for the selected setting only.",
+              f"{args.val_size:,} training images; test: the test set, for the selected setting only.",
               "", "Mean validation accuracy (%) at every grid point (D: every seed diverged, d: some did; "
               "a diverged run counts as 10%):", ""]
     columns = [(label, row_eps) for label in rows for row_eps in sorted({r.get("eps") for r in rows[label]},
@@ -269,13 +275,30 @@ def plot_sensitivity(args, rows, selected, path):
     reporting.save_figure(fig, path)
 
 
+SAME_RUN = ("optimizer", "lr", "mu", "rho", "beta1", "beta2", "eps", "seed", "epochs", "batch_size", "val_size",
+            "train_subset", "loader")  # what two runs must share to be the same run
+
+
+def earlier_runs(path):
+    """An earlier study's summary.json -> ({run_key: (config, run)}, its seconds per optimizer); exit 2 if unreadable."""
+    try:
+        with open(f"{path}/summary.json") as f:
+            earlier = json.load(f)
+        runs = {run_key(r["config"]): (r["config"], dict(status=r["status"], records=r["records"]))
+                for r in earlier["runs"]}
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        mlp_mnist.fail(f"--reuse {path}: not a study's folder ({err})", mlp_mnist.EXIT_BAD_INPUT)
+    return runs, earlier.get("seconds", {})
+
+
 def write_results(out, args, grid, results, seconds, interrupted):
     """summary.json, summary.md and sensitivity.png into out -> (rows, selected)."""
     rows, selected = summarise(args, grid, results)
     reporting.write_json(f"{out}/summary.json", dict(
         command=" ".join(sys.argv), status="interrupted" if interrupted else "completed",
         val_size=args.val_size, seeds=args.seeds, epochs=args.epochs, lrs=args.lrs, adam_eps=args.adam_eps,
-        vmap=args.vmap, train_subset=args.train_subset, seconds=seconds, environment=mlp_mnist.environment(),
+        vmap=args.vmap, train_subset=args.train_subset, seconds=seconds, reused_from=args.reuse,
+        reused_runs=args.reused_runs, reused_study_seconds=args.reused_seconds, environment=mlp_mnist.environment(),
         grid=rows, selected=selected,
         runs=[dict(config=config, status=run["status"], records=run["records"]) for config, run in results.values()]))
     reporting.write_text(f"{out}/summary.md", markdown(args, rows, selected))
@@ -297,6 +320,8 @@ def main(argv=None):
 
     grid = entries(args.optimizers, args.lrs, args.adam_eps)
     results, seconds, interrupted = {}, {}, False  # run_key -> (config, run); optimizer -> seconds
+    earlier, args.reused_seconds = earlier_runs(args.reuse) if args.reuse else ({}, None)
+    args.reused_runs = 0
     try:
         for name in args.optimizers:
             configs = {}
@@ -306,8 +331,14 @@ def main(argv=None):
                         for seed in args.seeds:
                             config = run_config(args, name, point, seed)
                             configs.setdefault(run_key(config), config)
+            for key, config in list(configs.items()):
+                old = earlier.get(key)
+                if old and all(old[0].get(k) == config[k] for k in SAME_RUN):
+                    results[key] = (config, old[1])
+                    args.reused_runs += 1
+                    del configs[key]
             start = time.perf_counter()
-            runs = train_optimizer(args, name, list(configs.values()), data)
+            runs = train_optimizer(args, name, list(configs.values()), data) if configs else []
             seconds[name] = time.perf_counter() - start
             results.update({key: (config, run) for (key, config), run in zip(configs.items(), runs)})
             if any(run["status"] == "interrupted" for run in runs):

@@ -49,7 +49,7 @@ PARTS = {
     "step_sizes": (0.5, [step(["python", "step_sizes.py"], stdout="results/step_sizes.txt")]),
     "paths": (0.2, [step(["python", "optimizer_paths.py"], "results/paths")]),
     "sharpness": (3, [step(["python", "sharpness.py"], "results/sharpness")]),
-    "tuning": (30, [step(["python", "tune_optimizers.py"], "results/tuning")]),
+    "tuning": (70, [step(["python", "tune_optimizers.py"], "results/tuning")]),  # run in 3 widening steps: docs/07
     "train_speed": (6, [step(["python", "benchmarks/train_speed.py"], stdout="results/train_speed.txt"),
                         step(["python", "benchmarks/train_speed.py", "--json"], stdout="results/train_speed.json")]),
     "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
