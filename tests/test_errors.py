@@ -449,9 +449,16 @@ def offline_env():
                 HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
 
 
+def default_sigint():
+    """In the child: Ctrl-C interrupts, even when this process was started with SIGINT ignored
+    (a job that a non-interactive shell put in the background inherits SIG_IGN; POSIX)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def script(*args, **kwargs):
     return subprocess.Popen([sys.executable, os.path.join(ROOT, "mlp_mnist.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
+                            **kwargs)
 
 
 def finish(proc, timeout=300):
