@@ -449,16 +449,16 @@ def offline_env():
                 HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
 
 
-def default_sigint():
-    """In the child: Ctrl-C interrupts, even when this process was started with SIGINT ignored
-    (a job that a non-interactive shell put in the background inherits SIG_IGN; POSIX)."""
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
+# Runs a script with Ctrl-C raising KeyboardInterrupt even when this process was started with SIGINT
+# ignored (a job that a non-interactive shell puts in the background inherits SIG_IGN; POSIX).
+WITH_CTRL_C = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+               "sys.argv = sys.argv[1:]; runpy.run_path(sys.argv[0], run_name='__main__')")
 
 
-def script(*args, **kwargs):
-    return subprocess.Popen([sys.executable, os.path.join(ROOT, "mlp_mnist.py"), *args], cwd=ROOT,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=default_sigint,
-                            **kwargs)
+def script(*args, ctrl_c=False, **kwargs):
+    prefix = [sys.executable, "-c", WITH_CTRL_C] if ctrl_c else [sys.executable]
+    return subprocess.Popen([*prefix, os.path.join(ROOT, "mlp_mnist.py"), *args], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def finish(proc, timeout=300):
@@ -495,7 +495,7 @@ def test_subprocess_divergence_exits_3(mnist_dir, tmp_path, loader):
 def test_subprocess_ctrl_c_saves_completed_epochs(mnist_dir, tmp_path, loader):
     out = tmp_path / "out"
     proc = script("--optimizer", "adam", "--epochs", "1000", "--train-subset", "10000", "--loader", loader,
-                  "--data-dir", mnist_dir, "--out", str(out))
+                  "--data-dir", mnist_dir, "--out", str(out), ctrl_c=True)
     deadline = time.time() + 240
     while not (out / "metrics.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
