@@ -250,8 +250,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(mlp_mnist.EXIT_INTERRUPTED)
+    mlp_mnist.run_script(main)

@@ -402,9 +402,9 @@ def fail(message, code):
 
 
 def write_or_fail(path, write, kept):
-    """write(path); a disk error (full, no permission) ends the program with one line and exit status 2."""
+    """write(path) -> what it returns; a disk error (full, no permission) ends the program with one line, exit 2."""
     try:
-        write(path)
+        return write(path)
     except OSError as err:
         fail(f"cannot write {path} ({err.strerror or err}); {kept}", EXIT_BAD_INPUT)
 
@@ -455,9 +455,14 @@ def main(argv=None):
         print(f"wrote {metrics_path}, curves.png, confusion.png, misclassified.png")
 
 
-if __name__ == "__main__":
+def run_script(main):
+    """Run a script's main(); Ctrl-C before or after training (during it, train() handles it) exits with 130."""
     try:
         main()
-    except KeyboardInterrupt:  # Ctrl-C before or after training (during it, train() handles it)
+    except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
+
+
+if __name__ == "__main__":
+    run_script(main)

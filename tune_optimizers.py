@@ -348,9 +348,9 @@ def main(argv=None):
                                     "the files written before it are complete")
     except KeyboardInterrupt:
         interrupted = True
-    mlp_mnist.write_or_fail(args.out, lambda out: write_results(out, args, grid, results, seconds, interrupted),
-                            "the files written before it are complete")
-    rows, selected = summarise(args, grid, results)
+    rows, selected = mlp_mnist.write_or_fail(
+        args.out, lambda out: write_results(out, args, grid, results, seconds, interrupted),
+        "the files written before it are complete")
     print(markdown(args, rows, selected))
     print(f"{len(results)} runs in {sum(seconds.values()) / 60:.1f} minutes; wrote {args.out}/summary.json, "
           f"summary.md, sensitivity.png")
@@ -364,8 +364,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        sys.exit(mlp_mnist.EXIT_INTERRUPTED)
+    mlp_mnist.run_script(main)
