@@ -1,4 +1,4 @@
-"""MNIST from a folder of IDX files, through torchvision.datasets.MNIST and a DataLoader.
+"""MNIST from a folder of IDX files, through a torch Dataset and DataLoader.
 
 The folder (--data-dir) holds the four IDX files, gzipped or not, named either
 `train-images-idx3-ubyte` or `train-images.idx3-ubyte` (likewise the other three); the
@@ -9,9 +9,10 @@ does torchvision download them (into DIR/MNIST/raw/).
 
 Every file is checked before it is trusted (magic number, dimensions, size against the
 header, label range); any problem raises DataError, whose message names the file.
-Memory stays bounded by the real size of the data, whatever a header claims.
+Memory stays bounded by the real size of the data, whatever a header claims. The files are
+read by this module's own reader into a small torch Dataset of uint8 tensors; torchvision
+is used only through its public MNIST class, to download the files on a first run.
 """
-import copy
 import gzip
 import os
 import struct
@@ -181,34 +182,22 @@ def locate_mnist(data_dir, download=True):
 # --- The dataset and its loader ------------------------------------------------------
 
 
-class MNIST(torchvision.datasets.MNIST):
-    """torchvision's MNIST dataset, read from the files `locate_mnist` found.
+class MNIST(torch.utils.data.Dataset):
+    """One split of MNIST as uint8 tensors: data (N, 28, 28) and targets (N,), the files' own bytes.
 
-    data: uint8 (N, 28, 28) and targets: uint8 (N,), the files' own bytes (torchvision's
-    targets are int64; a byte per label is all the jitted step needs). `rows` cuts out a
-    part (the training images before the validation split, or the split itself). Indexing a list of indices (`__getitems__`, which the
-    DataLoader uses) returns a whole batch of raw uint8 tensors: no per-image PIL objects.
+    dataset[i] -> (image (28, 28), label); a list of indices (`__getitems__`, which the DataLoader
+    uses) -> a whole batch (images (B, 28, 28), labels (B,)): no per-image objects. `rows` cuts
+    out a part (the training images before the validation split, or the split itself).
     """
 
-    def __init__(self, files, train=True):
-        self._files = files
-        root = os.path.dirname(files[SPLIT_FILES["train"][0]])
-        super().__init__(root, train=train, download=False)
+    def __init__(self, images, labels):
+        self.data, self.targets = torch.from_numpy(images), torch.from_numpy(labels)
 
-    def _check_legacy_exist(self):  # never look for torchvision's old processed/*.pt files
-        return False
+    def __len__(self):
+        return len(self.targets)
 
-    def _check_exists(self):
-        return True  # locate_mnist has found the files already
-
-    def _load_data(self):
-        image_name, label_name = SPLIT_FILES["train" if self.train else "test"]
-        images = read_images(self._files[image_name])
-        labels = read_labels(self._files[label_name])
-        if len(images) != len(labels):
-            raise DataError(f"{self._files[label_name]}: {len(labels)} labels for the "
-                            f"{len(images)} images in {self._files[image_name]}")
-        return torch.from_numpy(images.copy()), torch.from_numpy(labels.copy())
+    def __getitem__(self, index):
+        return self.data[index], self.targets[index]
 
     def __getitems__(self, indices):
         """A list of B indices -> (images uint8 (B, 28, 28), labels uint8 (B,))."""
@@ -216,10 +205,20 @@ class MNIST(torchvision.datasets.MNIST):
         return self.data[index], self.targets[index]
 
     def rows(self, start, stop):
-        """The images start .. stop-1 of this dataset, as a dataset of their own (the data is shared)."""
-        part = copy.copy(self)
+        """The images start .. stop-1 as a dataset of their own (the memory is shared)."""
+        part = MNIST.__new__(MNIST)
         part.data, part.targets = self.data[start:stop], self.targets[start:stop]
         return part
+
+
+def read_split(files, split):
+    """The found files ({name: path}), "train" or "test" -> MNIST dataset; DataError on any problem."""
+    image_name, label_name = SPLIT_FILES[split]
+    images, labels = read_images(files[image_name]), read_labels(files[label_name])
+    if len(images) != len(labels):
+        raise DataError(f"{files[label_name]}: {len(labels)} labels for the {len(images)} images in "
+                        f"{files[image_name]}")
+    return MNIST(images.copy(), labels.copy())  # copies: frombuffer's arrays are read-only
 
 
 def whole_batch(batch):
@@ -259,23 +258,17 @@ def epoch_orders(n, batch_size, seed):
         yield torch.cat(list(loader)).numpy()
 
 
-def load_mnist(data_dir, train_limit=None):
-    """-> (train MNIST, test MNIST) datasets; raises DataError on any problem with the files."""
-    train_set, _, test_set = load_mnist_splits(data_dir, train_limit)
-    return train_set, test_set
-
-
-def load_mnist_splits(data_dir, train_limit=None, val_size=0):
+def load_mnist(data_dir, train_subset=None, val_size=0):
     """-> (train, validation or None, test) datasets; raises DataError on any problem with the files.
 
     The validation split is the LAST val_size of the 60,000 training images, the same for
-    every seed; training uses the images before it (the first train_limit of them, if given).
+    every seed; training uses the images before it (the first train_subset of them, if given).
     """
     files = locate_mnist(data_dir)
-    full_train = MNIST(files, train=True)
+    full_train = read_split(files, "train")
     n = len(full_train)
     if not 0 <= val_size < n:
         raise DataError(f"--val-size {val_size}: must leave training images (the training set has {n})")
-    train_set = full_train.rows(0, min(n - val_size, train_limit or n))
+    train_set = full_train.rows(0, min(n - val_size, train_subset or n))
     val_set = full_train.rows(n - val_size, n) if val_size else None
-    return train_set, val_set, MNIST(files, train=False)
+    return train_set, val_set, read_split(files, "test")

@@ -3,9 +3,12 @@
 Each factory returns an Optimizer (see train_utils.py): pure functions
 init(params) -> state, update(grads, state, params) -> (new_params, new_state) and
 grad_point(params, state), over any params pytree. State is a small NamedTuple whose
-fields are pytrees shaped like params; all the math runs through jax.tree_util.tree_map.
+fields are pytrees shaped like params; all the math runs through jax.tree.map. The
+hyperparameters may be Python floats or arrays (mlp_mnist.py passes float32 arrays, so that
+they are data to the compiled step, not constants baked into it).
 Every rule is tested step by step against optax in tests/test_optimizers.py.
 """
+import inspect
 from typing import NamedTuple
 
 import jax
@@ -13,7 +16,7 @@ import jax.numpy as jnp
 
 from train_utils import Optimizer, at_params, sgd
 
-tree_map = jax.tree_util.tree_map
+tree_map = jax.tree.map
 
 
 def zeros_like_tree(params):
@@ -130,17 +133,40 @@ def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
     return Optimizer(init, update, at_params)
 
 
-# name -> (factory, the recipe's learning rate for it (docs/04), its hyperparameter flags)
+# name -> (factory, the recipe's learning rate for it: the rate of the original README, docs/04)
 OPTIMIZERS = {
-    "sgd": (sgd, 0.01, ()),
-    "momentum": (momentum, 0.01, ("mu",)),
-    "nesterov": (nesterov, 0.01, ("mu",)),
-    "rmsprop": (rmsprop, 0.01, ("rho", "eps")),
-    "adam": (adam, 0.001, ("beta1", "beta2", "eps")),
+    "sgd": (sgd, 0.01),
+    "momentum": (momentum, 0.01),
+    "nesterov": (nesterov, 0.01),
+    "rmsprop": (rmsprop, 0.01),
+    "adam": (adam, 0.001),
 }
 
 
+class UnknownHyperparameter(ValueError):
+    """A setting the optimizer does not take; the message names the optimizer, the key and what it takes."""
+
+    def __init__(self, name, key, takes):
+        super().__init__(f"{name} takes no {key} (it takes {', '.join(takes)})")
+        self.key = key
+
+
+def hyperparameters(name, **given):
+    """Optimizer `name`'s hyperparameters -> {key: value}: the recipe's lr and the factory's defaults,
+    overridden by `given` (None counts as not given).
+
+    hyperparameters("momentum", lr=0.1) -> {"lr": 0.1, "mu": 0.9}. A key the optimizer does not
+    take (hyperparameters("adam", mu=0.5)) raises UnknownHyperparameter instead of being ignored.
+    """
+    factory, recipe_lr = OPTIMIZERS[name]
+    defaults = {key: p.default for key, p in inspect.signature(factory).parameters.items()}
+    defaults["lr"] = recipe_lr
+    for key, value in given.items():
+        if key not in defaults and value is not None:
+            raise UnknownHyperparameter(name, key, defaults)
+    return {key: given[key] if given.get(key) is not None else default for key, default in defaults.items()}
+
+
 def make_optimizer(name, lr, **hyperparams):
-    """Build optimizer `name` with `lr` and the hyperparameters it takes (others are ignored)."""
-    factory, _, takes = OPTIMIZERS[name]
-    return factory(lr, **{k: v for k, v in hyperparams.items() if k in takes})
+    """Optimizer `name` with learning rate lr and the hyperparameters it takes (any other key is an error)."""
+    return OPTIMIZERS[name][0](lr, **hyperparams)

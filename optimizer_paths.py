@@ -4,19 +4,21 @@
     python optimizer_paths.py --out results/paths  # the folder docs/03-paths-and-theory.md quotes
 
 The optimizers are the ones MNIST trains with (train_utils.py, optimized_sgd.py), unchanged,
-on params that are a pytree of two scalars, {"x": x, "y": y}; each step is
-train_utils.make_step, the step mlp_mnist.py trains with. Everything runs in float64, so the
-rates below are measured far above rounding. Writes, into --out (new or empty):
+on params that are a pytree of two scalars, {"x": x, "y": y}; each step is mlp_mnist.step, the
+step mlp_mnist.py trains with. Everything runs in float64, so the rates below are measured far
+above rounding. docs/explorer.html runs the same rules in a browser, with sliders.
+Writes, into --out (new or empty):
   paths.png    each optimizer's path over the contour lines of three functions (with a zoom
                on the quadratics' minimum), and f(theta_t) - f* against t on a log scale
   paths.json   the settings of every path, and the steps each optimizer needs to bring
-               f - f* under 1e-3 on the quadratic and on the same quadratic rotated by 45 degrees
+               f - f* under 1e-3 (the first time, and for good: from then on it stays below)
+               on the quadratic and on the same quadratic rotated by 45 degrees
   rates.json   on quadratics of condition number kappa = L / m: the rate per step at which
                gradient descent, heavy-ball momentum and Nesterov (at two settings: the
                textbook one and the best one) shrink the error ||theta_t - theta*||,
                measured and from theory
   summary.md   both tables, as docs/03-paths-and-theory.md shows them
-Exit status: 0 done, 2 bad --out.
+Exit status: 0 done, 2 bad --out or a disk error, 130 interrupted.
 """
 import argparse
 import math
@@ -26,8 +28,8 @@ import jax.numpy as jnp
 import numpy as np
 
 import reporting
+from mlp_mnist import step
 from optimized_sgd import make_optimizer
-from train_utils import make_step
 
 
 # --- The functions -----------------------------------------------------------------------
@@ -86,18 +88,16 @@ STEPS_TO = 1e-6  # how many steps each method needs to bring ||e_t|| under this
 def trajectory(optimizer, f, start, steps):
     """theta_0 = start, then `steps` steps of `optimizer` on f -> {"x": (steps + 1,), "y": (steps + 1,)}.
 
-    One step is train_utils.make_step, the one mlp_mnist.py trains with: the gradient at
+    One step is mlp_mnist.step, the one mlp_mnist.py trains with: the gradient at
     optimizer.grad_point (theta itself, or Nesterov's look-ahead), then optimizer.update.
     Here there is no batch: the loss is f(params). The path records theta.
     """
-    step = make_step(optimizer, lambda params, _batch: f(params))
-
     def scan_step(carry, _):
-        params, state, _loss = step(*carry, None)
+        params, state, _loss = step(optimizer, lambda params, _batch: f(params), *carry, None)
         return (params, state), params
 
     _, path = jax.lax.scan(scan_step, (start, optimizer.init(start)), None, length=steps)
-    return jax.tree_util.tree_map(lambda first, rest: jnp.concatenate([first[None], rest]), start, path)
+    return jax.tree.map(lambda first, rest: jnp.concatenate([first[None], rest]), start, path)
 
 
 def run(name, settings, f, start, steps):
@@ -114,6 +114,15 @@ def steps_until(values, target):
     """The first t with values[t] < target, or None when it never gets there."""
     below = np.flatnonzero(np.asarray(values) < target)
     return int(below[0]) if below.size else None
+
+
+def steps_until_it_stays(values, target):
+    """The first t from which values stay below target (all of values[t:] < target), or None when they never do
+    within the run. Not the same as steps_until: RMSProp, say, dips under and bounces back above."""
+    above = np.flatnonzero(~(np.asarray(values) < target))  # NaN counts as above
+    if not above.size:
+        return 0
+    return int(above[-1]) + 1 if above[-1] + 1 < len(values) else None
 
 
 # --- Rates against theory ---------------------------------------------------------------
@@ -174,7 +183,7 @@ def rates():
         for method, (name, settings, rate) in theory(kappa).items():
             errors = error_norms(name, settings, kappa)
             rows.append(dict(kappa=kappa, method=method, optimizer=name, settings=settings, theory=rate,
-                             measured=measured_rate(errors), steps_to_1e_6=steps_until(errors, STEPS_TO)))
+                             measured=measured_rate(errors), steps_to_1e_6=steps_until_it_stays(errors, STEPS_TO)))
     return rows
 
 
@@ -238,11 +247,12 @@ def draw_zoom(ax_path, panel, layout):
 
 
 def plot_paths(panels, path):
-    """Top row: contours and paths, with a zoom on the minimum; bottom row: f(theta_t) - f* against t (log)."""
+    """One row per function: left, contours and paths, with a zoom on the minimum; right, f(theta_t) - f*
+    against t (log). 900 pixels wide: a documentation column's width."""
     plt = reporting.plt
-    fig, axes = plt.subplots(2, len(panels), figsize=(6.5 * len(panels), 12))
-    for column, (key, panel) in enumerate(panels.items()):
-        ax_path, ax_error = axes[0, column], axes[1, column]
+    fig, axes = plt.subplots(len(panels), 2, figsize=(9, 4.3 * len(panels)), gridspec_kw=dict(width_ratios=[1.15, 1]))
+    for row, (key, panel) in enumerate(panels.items()):
+        ax_path, ax_error = axes[row, 0], axes[row, 1]
         draw_contours(ax_path, panel, panel["box"])
         for name, result in panel["runs"].items():
             ax_path.plot(result["x"], result["y"], linewidth=1.2, markevery=MARKED_STEPS[key],
@@ -254,35 +264,39 @@ def plot_paths(panels, path):
                      markersize=8, zorder=10, label="start")  # on top of every path's markers
         ax_path.plot(*panel["minimum"], "k*", markersize=11, zorder=10, label="minimum")
         ax_path.set(xlabel="x", ylabel="y",
-                    title=f"{panel['title']}\nstart ({panel['start'][0]:.2f}, {panel['start'][1]:.2f}), "
+                    title=f"{panel['title']}: start ({panel['start'][0]:.2f}, {panel['start'][1]:.2f}), "
                           f"{panel['steps']} steps\na marker at steps {marked_text(MARKED_STEPS[key])}")
-        ax_path.legend(fontsize=8, loc=LAYOUT[key]["legend"], framealpha=0.9)
+        ax_path.title.set_fontsize(9)
+        ax_path.legend(fontsize=7, loc=LAYOUT[key]["legend"], framealpha=0.9)
         if LAYOUT[key]["zoom"]:
             draw_zoom(ax_path, panel, LAYOUT[key])
         ax_error.axhline(TARGET, **TARGET_STYLE)
         ax_error.set(yscale="log", ylim=(1e-16, 1e3), xlabel="step t", ylabel="f(θ_t) - f*  (log scale)",
                      title=f"f(θ_t) - f* on {LAYOUT[key]['name']}")
+        ax_error.title.set_fontsize(9)
     handles = [plt.Line2D([], [], linewidth=1.5, **{k: v for k, v in style.items() if k != "marker"})
                for style in STYLES.values()] + [plt.Line2D([], [], **TARGET_STYLE)]
-    fig.legend(handles, list(STYLES) + [f"f - f* = {TARGET:g}, the target of the rotation table"],
-               loc="lower center", ncol=len(handles), fontsize=10,
-               title="bottom row (settings in the legends above)", title_fontsize=9)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    fig.legend(handles, list(STYLES) + [f"f - f* = {TARGET:g}"], loc="lower center", ncol=len(handles), fontsize=8,
+               title="right column (settings in the legends on the left)", title_fontsize=8)
+    fig.tight_layout(rect=(0, 0.04, 1, 1))
     reporting.save_figure(fig, path)
 
 
 def markdown(panels, rate_rows):
-    lines = [f"Steps until f - f* < {TARGET:g} (\"never\": not within {panels['quadratic']['steps']} steps), "
-             "from (-5, -2) and from that point rotated with the function:", "",
-             "| optimizer | settings | f = 0.1 x² + 2 y² | rotated by 45° |", "| --- | --- | --- | --- |"]
+    lines = [f"Steps until f - f* < {TARGET:g}: the first time, and for good (from then on it stays below; "
+             f"\"never\": not within {panels['quadratic']['steps']} steps), from (-5, -2) and from that point rotated "
+             "with the function:", "",
+             "| optimizer | settings | f = 0.1 x² + 2 y²: first | for good | rotated by 45°: first | for good |",
+             "| --- | --- | --- | --- | --- | --- |"]
     for name, settings in QUADRATIC_SETTINGS.items():
-        counts = [panels[key]["runs"][name]["steps_to_target"] for key in ("quadratic", "rotated")]
+        counts = [panels[key]["runs"][name][which] for key in ("quadratic", "rotated")
+                  for which in ("steps_to_target", "steps_to_stay")]
         lines.append(f"| {name} | {settings_text(settings)} | "
                      + " | ".join("never" if c is None else str(c) for c in counts) + " |")
     lines += ["", "How each method's settings are chosen, on a quadratic with curvatures m to L (κ = L / m):", ""]
     lines += [f"- {method}: {rule}" for method, rule in SETTING_RULES.items()]
     lines += ["", "Rate per step at which ||θ_t - θ*|| shrinks on f = (m x² + L y²) / 2, m = 1, L = κ:", "",
-              "| κ | method | settings | theory | measured | measured / theory | steps to 1e-6 |",
+              "| κ | method | settings | theory | measured | measured / theory | steps to 1e-6 for good |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for row in rate_rows:
         lines.append(f"| {row['kappa']} | {row['method']} | {settings_text(row['settings'])} | {row['theory']:.5f} | "
@@ -297,16 +311,16 @@ def run_panels():
         panel["runs"] = {}
         for name, settings in panel["settings"].items():
             xs, ys, values = run(name, settings, panel["f"], panel["start"], panel["steps"])
-            panel["runs"][name] = dict(x=xs, y=ys, f=values, steps_to_target=steps_until(values, TARGET))
+            panel["runs"][name] = dict(x=xs, y=ys, f=values, steps_to_target=steps_until(values, TARGET),
+                                       steps_to_stay=steps_until_it_stays(values, TARGET))
     return panels
 
 
 def main(argv=None):
+    argv = reporting.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="The five optimizers on 2-D functions, and their rates against theory.",
-                                epilog="Exit status: 0 done, 2 bad --out.")
-    p.add_argument("--out", metavar="DIR",
-                   help="new or empty folder for paths.png, paths.json, rates.json, summary.md (default: runs/paths, "
-                        "or runs/paths-2, -3, ... when that one holds files)")
+                                epilog="Exit status: 0 done, 2 bad --out or a disk error, 130 interrupted.")
+    reporting.add_flags(p, "--out")
     args = p.parse_args(argv)
     args.out = args.out or reporting.default_out_dir("paths")
     reporting.claim_out_dir_or_exit(args.out)
@@ -317,18 +331,19 @@ def main(argv=None):
         function=panel["title"], start=panel["start"], steps=panel["steps"], minimum=panel["minimum"],
         optimizers={name: dict(settings=panel["settings"][name], final_f=float(run["f"][-1]),
                                last_two_points=[[float(run["x"][t]), float(run["y"][t])] for t in (-2, -1)],
-                               steps_to_target=run["steps_to_target"]) for name, run in panel["runs"].items()})
+                               steps_to_target=run["steps_to_target"], steps_to_stay=run["steps_to_stay"])
+                    for name, run in panel["runs"].items()})
         for key, panel in panels.items()} | {"target": TARGET})
     reporting.write_json(f"{args.out}/rates.json", dict(
         function="f = (m x^2 + L y^2) / 2, m = 1, L = kappa, from (1, 1), float64",
         measured=f"geometric mean of ||e_t+1|| / ||e_t|| over the second half of the run, which ends at "
                  f"{RATE_STEPS} steps or where ||e_t|| < {RATE_FLOOR:g}", setting_rules=SETTING_RULES, rates=rate_rows))
     summary = markdown(panels, rate_rows)
-    reporting.write_text(f"{args.out}/summary.md", summary)
+    reporting.write_markdown(f"{args.out}/summary.md", summary)
     plot_paths(panels, f"{args.out}/paths.png")
     print(summary)
     print(f"wrote {args.out}/paths.png, paths.json, rates.json, summary.md")
 
 
 if __name__ == "__main__":
-    main()
+    reporting.run_script(main)

@@ -1,21 +1,26 @@
-"""What every script shares on its way in and out: argparse number types, the --out folder
-and output files, atomic writes, and the plots (matplotlib, no display).
+"""What every script shares on its way in and out: the command line, the exits, the output files.
 
-One rule for every output: nothing that exists is overwritten or mixed in. Every script writes
-into one --out folder, which must be new or empty (no script has a flag that names a single
-output file). A refusal is one line (OutDirError) and the scripts exit with status 2. A folder that a
-run created and left empty (it failed before writing anything) is removed when it exits.
-
-Every file is written to a temporary name in the same folder and then renamed over the
-final name, so an interrupted or failed run never leaves a half-written file behind.
+- The flags that several scripts take are made here (add_flags), so that each has one name,
+  one type, one default and one help text everywhere (tests/test_contract.py checks it).
+- run_script(main) is every script's __main__: bad input and disk errors end with one line on
+  stderr and exit status 2, Ctrl-C with 130; never a traceback.
+- Outputs: every script writes into one --out folder, which must be new or empty (default
+  runs/NAME, numbered when taken). Every file is written to a temporary name and renamed into
+  place, so an interrupted run never leaves half a file; and every file records where it comes
+  from (provenance(): the command, the library versions, the machine and the code version).
+- The plots' common parts (matplotlib, no display).
 """
 import argparse
 import atexit
+import contextlib
+import hashlib
+import io
 import json
 import math
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -26,8 +31,13 @@ matplotlib.use("Agg")  # draw to files; no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+ROOT = os.path.dirname(os.path.abspath(__file__))  # the repository
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 2, 3, 4, 130  # docs/A3-errors.md
+
 
 # --- Command-line numbers ----------------------------------------------------------------
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters become float32 arrays: 1e39 would be inf
 
 
 def number_type(kind, check, requirement):
@@ -45,12 +55,170 @@ def number_type(kind, check, requirement):
             raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
         return value
 
+    parse.__name__ = requirement  # what argparse names in "invalid ... value"
     return parse
 
 
-positive_float = number_type(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+positive_float = number_type(float, lambda v: 0 < v <= FLOAT32_MAX, "a positive finite number (in float32's range)")
 positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
+non_negative_int = number_type(int, lambda v: v >= 0, "a whole number >= 0")
 unit_interval = number_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
+
+
+# --- The flags several scripts share --------------------------------------------------------
+# One entry per flag: argparse's keywords, the same in every script that takes it. A script may
+# give a flag another default only through add_flags(..., flag=default), and only those listed in
+# OWN_DEFAULTS, each with its reason (tests/test_contract.py holds every parser to this).
+
+LOADERS = ("torch", "device")  # the DataLoader path first: the way JAX's tutorial feeds data
+
+SHARED_FLAGS = {
+    "--epochs": dict(type=positive_int, default=10, help="passes over the training images (default: %(default)s)"),
+    "--batch-size": dict(type=positive_int, default=128, help="images per training step (default: %(default)s)"),
+    "--seed": dict(type=int, default=0, help="seeds the initial weights (jax.random) and the order of the batches "
+                                             "(torch.Generator) (default: %(default)s)"),
+    "--seeds": dict(type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+                    help="the seeds every setting is trained with, each as --seed does (default: 0 1 2)"),
+    "--train-subset": dict(type=positive_int, default=None, metavar="N",
+                           help="use only the first N training images (default: all of them; with --val-size, "
+                                "all those before the validation images)"),
+    "--val-size": dict(type=non_negative_int, default=0, metavar="N",
+                       help="hold out the LAST N of the 60,000 training images as a validation set, the same for "
+                            "every seed, and train on the images before them; each epoch then records "
+                            "val_accuracy (default: %(default)s)"),
+    "--loader": dict(choices=LOADERS, default=LOADERS[0],
+                     help="how batches reach the training step: 'torch', a torch DataLoader feeding one jitted "
+                          "step per batch, or 'device', the images kept on the JAX device and each epoch one "
+                          "compiled program (jax.lax.scan over the batches); both train on the same batches in "
+                          "the same order (default: %(default)s)"),
+    "--vmap": dict(action="store_true",
+                   help="train all the models of one optimizer (its settings and seeds) at once, as one program: "
+                        "the device loader's epoch under jax.vmap over a model axis (implies --loader device; "
+                        "default: off, one model after another)"),
+    "--data-dir": dict(metavar="DIR",
+                       help="folder with the four MNIST IDX files, gzipped or not, read-only is fine; when none is "
+                            "there torchvision downloads them into DIR/MNIST/raw (default: $MNIST_DATA_DIR if set, "
+                            "else ./data; now: %(default)s)"),
+    "--out": dict(metavar="DIR", default=None,
+                  help="new or empty folder for the files this script writes; a folder that holds files is "
+                       "refused, so nothing you have is overwritten (default: runs/SCRIPT, or runs/SCRIPT-2, -3, "
+                       "... when that one holds files)"),
+    "--json": dict(action="store_true",
+                   help="print the results as JSON instead of the tables; the files are written either way "
+                        "(default: off)"),
+}
+OWN_DEFAULTS = {  # (script, flag) -> why it differs from SHARED_FLAGS' default
+    ("tune_optimizers.py", "--val-size"): "the study chooses every setting on validation data",
+    ("sharpness.py", "--train-subset"): "a whole-batch Hessian-vector product on all 60,000 images costs 30 times "
+                                        "one on 2,000",
+}
+
+
+def add_flags(parser, *flags, **defaults):
+    """Add the shared `flags` ("--epochs", ...) to parser; defaults: {"val_size": 10000} for OWN_DEFAULTS."""
+    for flag in flags:
+        spec = dict(SHARED_FLAGS[flag])
+        if flag == "--data-dir":
+            import mnist_data  # here, not at the top: a script with no MNIST (verify_vectors.py) needs no torch
+
+            spec["default"] = mnist_data.default_data_dir()
+        key = flag[2:].replace("-", "_")
+        if key in defaults:
+            spec["default"] = defaults.pop(key)
+        parser.add_argument(flag, **spec)
+    if defaults:
+        raise TypeError(f"add_flags: no shared flag for {sorted(defaults)}")
+
+
+HYPERPARAMETERS = {  # key -> (its argparse type, what it is); every optimizer takes lr and some of the others
+    "lr": (positive_float, "learning rate"),
+    "mu": (unit_interval, "momentum, nesterov: how much of the velocity is kept"),
+    "rho": (unit_interval, "rmsprop: decay of the mean of g^2"),
+    "beta1": (unit_interval, "adam: decay of the mean of g"),
+    "beta2": (unit_interval, "adam: decay of the mean of g^2"),
+    "eps": (positive_float, "rmsprop, adam: added to sqrt(mean of g^2)"),
+}
+
+
+def add_hyperparameter_flags(parser):
+    """--lr, --mu, --rho, --beta1, --beta2, --eps: each defaults to the chosen optimizer's own value."""
+    from optimized_sgd import OPTIMIZERS, hyperparameters
+
+    for key, (kind, text) in HYPERPARAMETERS.items():
+        defaults = ", ".join(f"{name} {hyperparameters(name)[key]:g}" for name in OPTIMIZERS
+                             if key in hyperparameters(name))
+        parser.add_argument(f"--{key}", type=kind, default=None, help=f"{text} (default: {defaults})")
+
+
+def resolve_hyperparameters(parser, config):
+    """config (the parsed flags, a dict) -> the run's config: its optimizer's hyperparameters filled in and
+    the others left out. One the optimizer does not take (--optimizer adam --mu 0.5) is a usage error."""
+    from optimized_sgd import UnknownHyperparameter, hyperparameters
+
+    config = dict(config)
+    given = {key: config.pop(key) for key in HYPERPARAMETERS}
+    try:
+        return dict(config, **hyperparameters(config["optimizer"], **given))
+    except UnknownHyperparameter as err:
+        parser.error(f"argument --{err.key}: {err}")
+
+
+def command_line(script, argv):
+    """'python SCRIPT ARGS' as a learner types it, from the repository root."""
+    return " ".join(["python", os.path.relpath(os.path.abspath(script), ROOT)] + list(argv))
+
+
+# --- Exits: one line, never a traceback -------------------------------------------------------
+
+
+def fail(message, code=EXIT_BAD_INPUT):
+    """End the program: 'error: message' on stderr, exit status `code`."""
+    print(f"error: {message}", file=sys.stderr)
+    sys.exit(code)
+
+
+def write_or_fail(path, write, kept):
+    """write(path) -> what it returns; a disk error (full, no permission) ends the program with one line, exit 2."""
+    try:
+        return write(path)
+    except OSError as err:
+        fail(f"cannot write {err.filename or path} ({err.strerror or err}); {kept}")
+
+
+def load_data_or_exit(parser, args, batch_size=1):
+    """Claim args.out, load MNIST as args says -> (train, validation or None, test) datasets.
+
+    Reads args.data_dir, args.train_subset and args.val_size (0 and None when the script has no such
+    flag). Any bad input ends the program with one line and exit status 2.
+    """
+    import mnist_data  # here, not at the top: verify_vectors.py needs no MNIST (and no torch)
+
+    try:
+        claim_out_dir(args.out)
+        splits = mnist_data.load_mnist(args.data_dir, getattr(args, "train_subset", None),
+                                              getattr(args, "val_size", 0))
+    except (mnist_data.DataError, OutDirError) as err:
+        fail(err)
+    if batch_size > len(splits[0]):
+        parser.error(f"argument --batch-size: {batch_size} is larger than the {len(splits[0])} training images")
+    return splits
+
+
+def run_script(main, argv=None):
+    """Every script's entry point: main(argv); Ctrl-C -> exit 130, a disk error -> one line and exit 2.
+
+    A script that has finished part of its work writes it before it lets Ctrl-C through (its own
+    except KeyboardInterrupt); what reaches this function has nothing left to save.
+    """
+    try:
+        main(argv)
+    except KeyboardInterrupt:
+        print("interrupted (Ctrl-C); every file written before is complete", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
+    except WriteError as err:
+        fail(f"cannot write {err.filename} ({err.strerror}); every file written before is complete")
+    except OSError as err:  # reading, say: the data's own errors are DataError, with their own message
+        fail(f"{err.filename or 'a file'}: {err.strerror or err}")
 
 
 # --- Timing and the machine ---------------------------------------------------------------
@@ -76,6 +244,52 @@ def median_seconds(call, repeats=None, seconds=None):
     return statistics.median(times), repeats
 
 
+# Student's t quantile t(0.975, df): a 95% interval for a mean of n = df + 1 paired differences. Between two
+# entries the smaller df's is used (a wider interval, never a narrower one); above 120, the normal's 1.96.
+T_975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+         11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093, 20: 2.086,
+         25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t_975(df):
+    """t(0.975, df) from T_975, df >= 1."""
+    return 1.96 if df > 120 else T_975[max(k for k in T_975 if k <= df)]
+
+
+def mean_std(values):
+    """-> (mean, sample standard deviation, or None with fewer than two values)."""
+    values = list(values)
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired_difference(a, b):
+    """a, b: {seed: value}, two settings run with the same seeds (the same initial weights and batch order)
+    -> dict(seeds, mean, low, high): the mean of a - b over their common seeds and its 95% t interval
+    (low and high None with fewer than 2 seeds). Pairing removes what the seed does to both."""
+    seeds = sorted(set(a) & set(b))
+    differences = [a[s] - b[s] for s in seeds]
+    if not differences:
+        return dict(seeds=[], mean=None, low=None, high=None)
+    mean, std = mean_std(differences)
+    half = None if std is None else t_975(len(seeds) - 1) * std / math.sqrt(len(seeds))
+    return dict(seeds=seeds, mean=mean, low=None if half is None else mean - half,
+                high=None if half is None else mean + half)
+
+
+def verdict(difference, points=100):
+    """A paired difference in words, only as strong as its 95% interval: "higher: ...", "lower: ...",
+    "cannot tell apart: ..." (the interval holds 0), or "too few seeds to say"; in points (x 100)."""
+    if difference["low"] is None:
+        return "too few seeds to say"
+    low, high = points * difference["low"], points * difference["high"]
+    interval = f"{points * difference['mean']:+.2f} [{low:+.2f}, {high:+.2f}]"
+    if difference["low"] > 0:
+        return f"higher: {interval}"
+    if difference["high"] < 0:
+        return f"lower: {interval}"
+    return f"cannot tell apart: {interval}"
+
+
 def machine():
     """What the numbers were measured on: CPU model, its flags, cores, memory (Linux; None elsewhere)."""
     info = dict(cpu_model=platform.processor() or None, cpu_flags=None, cpu_count=os.cpu_count(), memory_gb=None)
@@ -90,6 +304,108 @@ def machine():
     except (OSError, StopIteration, ValueError):
         pass
     return info
+
+
+# --- Provenance: where a result comes from --------------------------------------------------
+
+_run = dict(command="python", code=None)  # set by record_command(): what provenance() reports
+
+
+def record_command(script, argv):
+    """Every main calls this first: remember the command, and the code version as it is now, after the
+    imports (a file edited while the run goes on does not change what ran) -> argv as a list."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    _run.update(command=command_line(script, argv), code=code_version())
+    return argv
+
+
+def _git(*args):
+    try:
+        done = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return done.stdout if done.returncode == 0 else None
+
+
+def code_version():
+    """The code that ran: {commit, dirty, untracked, files: {path: sha256 of each of this repository's .py files
+    the run imported}, hash: sha256 over those}.
+
+    Only imported .py files count (tests and results/ aside), so that a commit that changes docs, tests or
+    another script is not a new version of this run's code. dirty: one of them differs from the commit, or
+    is not in git at all (untracked lists those); None without git.
+    """
+    files = {}
+    for module in list(sys.modules.values()):
+        path = getattr(module, "__file__", None)
+        if not path or not path.endswith(".py") or not os.path.isabs(path) or not os.path.isfile(path):
+            continue  # a module that no file on disk is (torch makes some)
+        relative = os.path.relpath(path, ROOT)
+        if relative.startswith("..") or relative.startswith(("tests" + os.sep, "results" + os.sep)):
+            continue  # not this repository's, or a test's or a tool's: not the code under study
+        with open(path, "rb") as f:
+            files[relative] = hashlib.sha256(f.read()).hexdigest()[:16]
+    files = dict(sorted(files.items()))
+    tracked = _git("ls-files", "-z", "--", *files)
+    status = _git("status", "--porcelain", "--", *files)
+    commit = _git("rev-parse", "HEAD")
+    untracked = None if tracked is None else sorted(set(files) - set(tracked.split("\0")))
+    return dict(commit=commit.strip() if commit else None, dirty=None if status is None else bool(status.strip()),
+                untracked=untracked, hash=hashlib.sha256(json.dumps(files).encode()).hexdigest()[:16], files=files)
+
+
+def versions():
+    """The versions of the libraries this run imported."""
+    found = dict(python=platform.python_version())
+    for name in ("jax", "jaxlib", "numpy", "torch", "torchvision", "matplotlib"):
+        module = sys.modules.get(name)
+        if module is not None:
+            found[name] = getattr(module, "__version__", None)
+    return found
+
+
+def provenance():
+    """-> {command, versions, machine, device, code}: what every file this repository writes records."""
+    found = machine()
+    flags = (found.pop("cpu_flags") or "").split()
+    found["avx512"] = "avx512f" in flags if flags else None
+    info = dict(command=_run["command"], versions=versions(), machine=found, code=_run["code"] or code_version())
+    jax = sys.modules.get("jax")
+    if jax is not None:
+        device = jax.devices()[0]
+        info["device"] = dict(name=str(device), kind=device.device_kind, count=jax.device_count())
+    return info
+
+
+PROVENANCE_MARK = "provenance: "  # text files end with a comment line: PROVENANCE_MARK + JSON
+
+
+def read_provenance(path):
+    """The provenance a file written here records, or None: a JSON file's "provenance", a text file's
+    last comment line, a PNG's text chunk."""
+    try:
+        if path.endswith(".json"):
+            with open(path) as f:
+                return json.load(f).get("provenance")
+        if path.endswith(".png"):
+            from PIL import Image  # matplotlib's own dependency
+
+            with Image.open(path) as image:
+                text = image.text.get("provenance")
+            return json.loads(text) if text else None
+        with open(path) as f:
+            lines = f.read().rstrip("\n").splitlines()
+    except (OSError, ValueError, AttributeError):
+        return None
+    last = lines[-1] if lines else ""
+    start = last.find(PROVENANCE_MARK)
+    if start < 0:
+        return None
+    body = last[start + len(PROVENANCE_MARK):].removesuffix("-->").strip()
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
 
 
 # --- Where results go ---------------------------------------------------------------------
@@ -129,8 +445,7 @@ def claim_out_dir_or_exit(path):
     try:
         claim_out_dir(path)
     except OutDirError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+        fail(err)
 
 
 def remove_unused_out_dirs():
@@ -157,35 +472,73 @@ def default_out_dir(name):
     return next(c for c in candidates if not (os.path.isdir(c) and os.listdir(c)) and not os.path.isfile(c))
 
 
+class WriteError(OSError):
+    """A file could not be written (disk full, no permission); its filename is the file's path."""
+
 
 def _atomic_write(path, write):
-    """Call write(file object) on a temporary file beside `path`, then rename it to `path`."""
+    """Call write(file object) on a temporary file beside `path`, then rename it to `path`.
+
+    A failure raises WriteError naming `path`, so that the one-line message can say which file failed.
+    """
+    path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    except OSError as err:
+        raise WriteError(err.errno, err.strerror, path) from None
     try:
         with os.fdopen(fd, "wb") as f:
             write(f)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
+    except BaseException as err:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and not isinstance(err, WriteError):
+            raise WriteError(err.errno, err.strerror or str(err), path) from None
         raise
 
 
-def write_text(path, text):
-    _atomic_write(path, lambda f: f.write(text.encode()))
+def write_text(path, text, comment="#"):
+    """A text file, its last line a comment that records provenance() ("#" for .txt, "<!--" for Markdown)."""
+    end = " -->" if comment == "<!--" else ""
+    footer = f"{comment} {PROVENANCE_MARK}{json.dumps(provenance(), separators=(',', ':'))}{end}\n"
+    _atomic_write(path, lambda f: f.write((text.rstrip("\n") + "\n\n" + footer).encode()))
+
+
+def write_markdown(path, text):
+    write_text(path, text, comment="<!--")
 
 
 def write_json(path, obj):
-    write_text(path, json.dumps(obj, indent=2) + "\n")
+    """obj (a dict) as JSON, with a "provenance" entry added."""
+    content = json.dumps(dict(obj, provenance=provenance()), indent=2) + "\n"
+    _atomic_write(path, lambda f: f.write(content.encode()))
 
 
 def save_figure(fig, path):
-    """Save a matplotlib figure as PNG atomically, then close it."""
+    """Save a matplotlib figure as PNG atomically (provenance in a PNG text chunk), then close it."""
+    metadata = {"provenance": json.dumps(provenance(), separators=(",", ":"))}
     try:
-        _atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=100))
+        buffer = io.BytesIO()
+        fig.savefig(buffer, format="png", dpi=100, metadata=metadata)
+        _atomic_write(path, lambda f: f.write(buffer.getvalue()))
     finally:
         plt.close(fig)
+
+
+def stamp_png(path, **extra):
+    """Add provenance() (and `extra`) to a PNG that something else drew (a browser's screenshot), atomically."""
+    from PIL import Image, PngImagePlugin  # matplotlib's own dependency
+
+    text = PngImagePlugin.PngInfo()
+    text.add_text("provenance", json.dumps(dict(provenance(), **extra), separators=(",", ":")))
+    with Image.open(path) as image:
+        image.load()
+    buffer = io.BytesIO()
+    image.save(buffer, format="png", pnginfo=text)
+    _atomic_write(path, lambda f: f.write(buffer.getvalue()))
 
 
 # --- Plots of one run ----------------------------------------------------------------
@@ -198,14 +551,15 @@ def plot_run_curves(records, title, path, loss_note=""):
     (Nesterov: at the look-ahead point).
     """
     epochs = [r["epoch"] for r in records]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.8))
     ax_loss.plot(epochs, [r["train_loss"] for r in records], marker="o", label="training loss" + loss_note)
     ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log")
     ax_loss.legend(fontsize=8)
-    for key, label, marker in (("train_accuracy", "train", "o"), ("val_accuracy", "validation", "s"),
-                               ("test_accuracy", "test", "^")):
+    for key, label, marker, color in (("train_accuracy", "train", "o", "tab:blue"),
+                                      ("val_accuracy", "validation", "s", "tab:green"),
+                                      ("test_accuracy", "test", "^", "tab:red")):
         if all(r.get(key) is not None for r in records):
-            ax_acc.plot(epochs, [100 * r[key] for r in records], marker=marker, label=label)
+            ax_acc.plot(epochs, [100 * r[key] for r in records], marker=marker, color=color, label=label)
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)")
     ax_acc.legend(fontsize=8)
     fig.suptitle(title)
@@ -244,13 +598,13 @@ def plot_misclassified(images, true, predicted, path, max_shown=40):
     wrong = np.flatnonzero(true != predicted)[:max_shown]
     cols = 10
     rows = max(1, -(-len(wrong) // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.0, rows * 1.15), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.9, rows * 1.05), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, i in zip(axes.flat, wrong):
         ax.imshow(images[i], cmap="gray_r")
         ax.set_title(f"{true[i]} -> {predicted[i]}", fontsize=8)
     fig.suptitle(f"first {len(wrong)} of {int(np.sum(true != predicted))} misclassified test digits "
-                 f"(above each: true -> predicted)")
+                 f"(above each: true -> predicted)", fontsize=10)
     fig.tight_layout()
     save_figure(fig, path)

@@ -1,22 +1,25 @@
-"""How sharp is the loss? The top Hessian eigenvalue of the MLP, and gradient descent at the edge of stability.
+"""How sharp is the loss? The top Hessian eigenvalue of the MLP, and training at the edge of stability.
 
-    python sharpness.py                               # writes runs/sharpness/
-    python sharpness.py --out results/sharpness       # the run docs/06-sharpness.md quotes
+    python sharpness.py                               # writes runs/sharpness/ (about 8 minutes on 2 cores)
+    python sharpness.py --gd-lrs 0.02 0.03 --out runs/sharpness-lrs
 
 On a quadratic with largest curvature L, gradient descent is stable only when lr < 2 / L
 (optimizer_paths.py). Here L is the sharpness of the MNIST MLP: lambda_max, the largest
-eigenvalue of the Hessian of the whole-batch loss on the first --n-images training images.
+eigenvalue of the Hessian of the whole-batch loss on the first --train-subset training images.
 The Hessian has 669,706^2 entries and is never formed: a Hessian-vector product is
-forward-over-reverse differentiation, jax.jvp(jax.grad(f), (theta,), (v,)), and power
-iteration on those products finds lambda_max. Writes, into --out (new or empty):
+forward-over-reverse differentiation, jax.jvp(jax.grad(f), (theta,), (v,)), and Lanczos
+iteration on those products finds lambda_max (it stops on the residual ||H y - lambda y||).
+Writes, into --out (new or empty):
   sharpness.json  lambda_max at init for three set-ups (the recipe: raw 0-255 pixels and
-                  cross-entropy / 10; pixels scaled to [0, 1]; true cross-entropy), the loss
-                  and sharpness of full-batch gradient descent at each --lrs and of one
-                  heavy-ball run, and the bisected learning rate at which GD blows up
-  sharpness.png   training loss and sharpness against the step, each run's edge 2/lr
-                  (heavy ball: (2 + 2 mu)/lr) dashed in the run's colour
-  summary.md      the tables docs/06-sharpness.md shows
-Exit status: 0 done, 2 bad input (arguments, data files, --out).
+                  cross-entropy / 10; pixels scaled to [0, 1]; true cross-entropy); the loss and
+                  sharpness along full-batch runs: GD at --gd-lrs and heavy ball (from above the
+                  edge), GD from below the edge (the recipe, and pixels in [0, 1]), and Adam's
+                  preconditioned sharpness at the settings chapter 6 selected; the bisected learning rate at
+                  which GD blows up
+  sharpness.png   the loss, the sharpness against each run's edge
+  summary.md      the tables docs/07-sharpness.md shows
+Exit status: 0 done, 2 bad input or a disk error, 130 interrupted (what is finished is written,
+marked partial).
 """
 import argparse
 import functools
@@ -29,29 +32,33 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-import mlp_mnist
 import reporting
+from mlp_mnist import step
 from optimized_sgd import make_optimizer
 from reporting import positive_float, positive_int, unit_interval
-from train_utils import LAYER_SIZES, init_params, inputs_from_uint8, loss, make_step
+from train_utils import LAYER_SIZES, init_params, inputs_from_uint8, loss
 
 # --- Defaults ------------------------------------------------------------------------------
 N_IMAGES = 2000  # whole-batch loss on the first 2000 training images: one HVP ~0.08 s on 2 cores
 SEED = 0  # the initial weights, as in mlp_mnist.py's seed 0
 STEPS = 150  # long enough to see the sharpness reach the edge, hover there, then fall as the loss goes to 0
-EVERY = 5  # sharpness every 5 steps: a warm-started power iteration costs a few HVPs each time
+EVERY = 5  # sharpness every 5 steps: a warm-started Lanczos costs a few HVPs each time
 LRS = (0.01, 0.04, 0.08)  # 2/lr = 200, 50, 25: the recipe's lr far below the edge, two above it
 MOMENTUM_LR, MU = 0.1, 0.9  # heavy ball: edge (2 + 2 * 0.9) / 0.1 = 38, below the initial sharpness
-INIT_TOL, INIT_MAX_ITER = 1e-4, 500  # lambda_max at init: to 0.01% (the pixels' top eigenvalues lie close)
-TRACE_TOL, TRACE_MAX_ITER = 1e-3, 50  # along the runs: warm-started, to 0.1%
+BELOW_LR = 0.025  # 2/lr = 80, a little above lambda at init (74.5): can progressive sharpening reach it?
+PIXELS_LR, PIXELS_STEPS, PIXELS_EVERY = 2.0, 600, 20  # pixels in [0, 1]: lambda at init 0.018, 2/lr = 1
+ADAM_SETTINGS = (dict(lr=0.001, eps=0.01), dict(lr=3.16228e-05, eps=1e-8))  # chapter 6 selected these two
+ADAM_EVERY = 10  # Adam's preconditioned sharpness every 10 steps (from step 10: at step 0 Adam has no P)
+INIT_TOL, INIT_MAX_ITER = 1e-4, 300  # lambda_max at init: residual ||H y - lambda y|| <= 1e-4 lambda
+TRACE_TOL, TRACE_MAX_ITER = 1e-3, 100  # along the runs: residual <= 1e-3 lambda
 BLOW_UP = 10.0  # a run diverges when some step's loss is above 10 x its initial loss (or not finite)
 BISECT_RATIO = 1.05  # bisection stops when lr_diverges / lr_survives < 1.05
-POWER_KEY = 1  # PRNG key of power iteration's random start vector
+START_KEY = 1  # PRNG key of Lanczos's random start vector at init
 
 SETUPS = ("recipe", "pixels_0_1", "cross_entropy")
 
 
-# --- Hessian-vector products and power iteration -------------------------------------------
+# --- Hessian-vector products and Lanczos ------------------------------------------------------
 
 
 def cross_entropy(params, batch):
@@ -64,84 +71,96 @@ def hvp(loss_fn, params, batch, v):
     return jax.jvp(lambda p: jax.grad(loss_fn)(p, batch), (params,), (v,))[1]
 
 
-def hessian_matvec(loss_fn, params, batch):
-    """-> the map v (n,) -> H v (n,) on flat vectors, n the number of parameters."""
-    _, unravel = ravel_pytree(params)
-    return lambda v: ravel_pytree(hvp(loss_fn, params, batch, unravel(v)))[0]
+@functools.partial(jax.jit, static_argnames="loss_fn")
+def flat_hvp(loss_fn, params, batch, v, scale):
+    """S H S v on flat vectors (n,), S = diag(scale) (ones: H v itself); n the number of parameters."""
+    flat, unravel = ravel_pytree(params)
+    return scale * ravel_pytree(hvp(loss_fn, params, batch, unravel((scale * v).astype(flat.dtype))))[0]
 
 
-def power_iteration(matvec, v0, shift, tol, max_iter):
-    """Power iteration on M + shift I, M symmetric (n, n) given as matvec (n,) -> (n,).
+def lanczos(matvec, v0, tol, max_iter):
+    """The largest eigenvalue of a symmetric M (the most positive, not the largest in size), by Lanczos.
 
-    -> (v (n,) unit, v . M v at the last v multiplied, growth ||(M + shift I) v||, iterations).
-    Growth tends to the largest |eigenvalue| of M + shift I. Stopping rule: the relative
-    change of growth between two iterations is below tol, or max_iter iterations are done.
+    matvec: v (n,) -> M v (n,). -> (lambda, Ritz vector y (n,) unit, matvec calls, residual ||M y - lambda y||).
+    Builds an orthonormal basis q_1, q_2, ... of the Krylov space {v0, M v0, M^2 v0, ...} (reorthogonalised
+    against every earlier q, in float64 on the host), in which M is the tridiagonal T; the top eigenpair
+    (theta, s) of T gives lambda = theta and y = Q s. Stops when the residual, which Lanczos gives for free
+    as |beta_k s_k|, is at most tol * |lambda| (or after max_iter products). A Ritz value never exceeds
+    the true lambda_max (Cauchy's interlacing theorem).
     """
-
-    def multiply(carry):
-        v, _, growth, _, i = carry
-        w = matvec(v)
-        rayleigh = jnp.vdot(v, w)
-        w = w + shift * v
-        new_growth = jnp.linalg.norm(w)
-        return w / new_growth, rayleigh, new_growth, growth, i + 1
-
-    def keep_going(carry):
-        _, _, growth, previous, i = carry
-        return (i < max_iter) & (jnp.abs(growth - previous) > tol * growth)
-
-    zero = jnp.zeros((), v0.dtype)
-    start = (v0 / jnp.linalg.norm(v0), zero, zero, jnp.full((), jnp.inf, v0.dtype), 0)
-    v, rayleigh, growth, _, iterations = jax.lax.while_loop(keep_going, multiply, start)
-    return v, rayleigh, growth, iterations
-
-
-def lambda_max(matvec, v0, tol, max_iter):
-    """The largest eigenvalue of symmetric M (most positive, not largest in size) -> (lambda, v (n,), matvecs).
-
-    Pass 1, power iteration on M, finds the largest |eigenvalue|, rho. Pass 2 iterates on
-    M + rho I, whose eigenvalues are all >= 0 (about): its largest is lambda_max + rho. Pass 2
-    starts from pass 1's vector, warm, unless pass 1 ended on a negative eigenvector, which
-    M + rho I maps to (almost) 0; then it starts from v0 again. lambda is a Rayleigh quotient
-    v . M v, so it never exceeds the true lambda_max.
-    """
-    v, rayleigh, radius, first = power_iteration(matvec, v0, 0.0, tol, max_iter)
-    v = jnp.where(rayleigh < 0, v0, v)
-    v, rayleigh, _, second = power_iteration(matvec, v, radius, tol, max_iter)
-    return rayleigh, v, first + second
+    v0 = np.asarray(v0, np.float64)
+    basis = np.empty((min(max_iter, 32), v0.size))  # rows q_1, q_2, ...; grown when full (n = 669,706 here)
+    basis[0] = v0 / np.linalg.norm(v0)
+    alphas, betas = [], []
+    while True:
+        k = len(alphas)
+        q = basis[:k + 1]  # a view: the vectors so far
+        w = np.array(matvec(q[k]), np.float64)  # a copy: changed in place below
+        alphas.append(q[k] @ w)
+        w -= q.T @ (q @ w)  # full reorthogonalisation, twice: float rounding would otherwise
+        w -= q.T @ (q @ w)  # let copies of the top eigenvector creep back in
+        beta = np.linalg.norm(w)
+        values, vectors = np.linalg.eigh(np.diag(alphas) + np.diag(betas, 1) + np.diag(betas, -1))
+        theta, s = values[-1], vectors[:, -1]
+        residual = beta * abs(s[-1])
+        if residual <= tol * abs(theta) or k + 1 >= max_iter or beta == 0:
+            y = q.T @ s
+            return theta, y / np.linalg.norm(y), k + 1, residual
+        if k + 1 == len(basis):
+            basis = np.concatenate([basis, np.empty_like(basis)])[:max_iter]
+        betas.append(beta)
+        basis[k + 1] = w / beta
 
 
-@functools.partial(jax.jit, static_argnames=("loss_fn", "max_iter"))
-def sharpness(loss_fn, params, batch, v0, tol, max_iter):
-    """lambda_max of the Hessian of loss_fn(., batch) at params -> (lambda, eigenvector (n,), HVPs used)."""
-    return lambda_max(hessian_matvec(loss_fn, params, batch), v0, tol, max_iter)
-
-
-def random_start(params, key=POWER_KEY):
-    """A random flat vector (n,), n the number of parameters: power iteration's first start."""
+def sharpness(loss_fn, params, batch, v0, tol, max_iter, scale=None):
+    """lambda_max of the Hessian H of loss_fn(., batch) at params (or of S H S, S = diag(scale))
+    -> (lambda, its eigenvector (n,), HVPs used, residual)."""
     flat, _ = ravel_pytree(params)
-    return jax.random.normal(jax.random.PRNGKey(key), flat.shape, flat.dtype)
+    scale = jnp.ones_like(flat) if scale is None else scale
+    return lanczos(lambda v: flat_hvp(loss_fn, params, batch, jnp.asarray(v, flat.dtype), scale), v0, tol, max_iter)
+
+
+def random_start(params, key=START_KEY):
+    """A random flat vector (n,), n the number of parameters: where Lanczos starts at init."""
+    flat, _ = ravel_pytree(params)
+    return jax.random.normal(jax.random.key(key), flat.shape, flat.dtype)
+
+
+def adam_preconditioner(state, hyper, params):
+    """Adam's P = sqrt(v_hat) + eps, flat (n,): its step is lr P^-1 m_hat. The stability of Adam is set by
+    P^-1 H, whose eigenvalues are those of the symmetric P^-1/2 H P^-1/2 (Cohen et al. 2022): scale = P^-1/2."""
+    v_hat = jax.tree.map(lambda v: v / (1 - hyper["beta2"] ** state.step.astype(v.dtype)), state.mean_square)
+    return 1 / jnp.sqrt(jnp.sqrt(ravel_pytree(v_hat)[0]) + hyper["eps"])
 
 
 # --- Full-batch training -------------------------------------------------------------------
 
 
 @functools.partial(jax.jit, static_argnames=("loss_fn", "name", "length"))
-def train_steps(loss_fn, name, lr, mu, params, state, batch, length):
-    """`length` full-batch steps of optimizer `name` -> (params, state, losses (length,) before each step)."""
-    step = make_step(make_optimizer(name, lr, mu=mu), loss_fn)
+def train_steps(loss_fn, name, hyper, params, state, batch, length):
+    """`length` full-batch steps of optimizer `name` (mlp_mnist.step) -> (params, state, losses (length,)), each
+    loss taken before its step."""
+    optimizer = make_optimizer(name, **hyper)
 
     def one_step(carry, _):
-        params, state, value = step(*carry, batch)
+        params, state, value = step(optimizer, loss_fn, *carry, batch)
         return (params, state), value
 
     (params, state), losses = jax.lax.scan(one_step, (params, state), None, length=length)
     return params, state, losses
 
 
-def edge(lr, mu=0.0):
-    """The largest curvature a quadratic may have for GD (mu = 0) or heavy ball to stay stable: (2 + 2 mu) / lr."""
-    return (2 + 2 * mu) / lr
+def edge(name, hyper):
+    """The largest curvature a quadratic may have for the optimizer to stay stable: 2 / lr for GD,
+    (2 + 2 mu) / lr for heavy ball, and for Adam the edge of its preconditioned sharpness,
+    (2 + 2 beta1) / ((1 - beta1) lr) (Cohen et al. 2022: 38 / lr for beta1 = 0.9)."""
+    if name == "sgd":
+        return 2 / hyper["lr"]
+    if name == "momentum":
+        return (2 + 2 * hyper["mu"]) / hyper["lr"]
+    if name == "adam":
+        return (2 + 2 * hyper["beta1"]) / ((1 - hyper["beta1"]) * hyper["lr"])
+    raise ValueError(f"no edge for {name} here (sgd, momentum, adam)")
 
 
 def diverged(losses, blow_up=BLOW_UP):
@@ -152,9 +171,10 @@ def diverged(losses, blow_up=BLOW_UP):
 
 def gd_blows_up(loss_fn, lr, params, batch, steps, chunk=25):
     """Does full-batch GD at lr blow up within `steps` steps? Runs `chunk` steps at a time and stops early."""
-    state, losses = make_optimizer("sgd", lr).init(params), []
+    hyper = dict(lr=jnp.float32(lr))
+    state, losses = make_optimizer("sgd", **hyper).init(params), []
     for length in block_lengths(steps, chunk):
-        params, state, block = train_steps(loss_fn, "sgd", lr, 0.0, params, state, batch, length)
+        params, state, block = train_steps(loss_fn, "sgd", hyper, params, state, batch, length)
         losses.extend(np.asarray(block).tolist())
         if diverged(losses):
             return True
@@ -166,27 +186,41 @@ def block_lengths(steps, every):
     return [every] * (steps // every) + ([steps % every] if steps % every else [])
 
 
-def trace(loss_fn, name, lr, mu, params, batch, steps, every, v0):
-    """Train full-batch for `steps` steps, measuring the sharpness every `every` steps (warm-started).
+def trace(loss_fn, name, settings, params, batch, steps, every, v0):
+    """Train full-batch for `steps` steps, measuring the sharpness every `every` steps (Lanczos, warm-started
+    from the last eigenvector). For Adam the sharpness is the preconditioned one, of P^-1 H, from step
+    `every` on (at step 0 Adam has no P yet).
 
-    -> dict(optimizer, lr, mu, edge, steps, loss (steps,), sharpness_steps, sharpness, diverged, hvps).
-    loss[t] is the loss before step t; sharpness[k] is lambda_max at step sharpness_steps[k].
-    Measuring stops once the loss is no longer finite.
+    -> dict(optimizer, settings, edge, steps, loss (steps,), sharpness_steps, sharpness, lanczos_iterations,
+    residuals, diverged, hvps). loss[t] is the loss before step t; sharpness[k] is measured at step
+    sharpness_steps[k]. Measuring stops once the loss is no longer finite.
     """
-    state = make_optimizer(name, lr, mu=mu).init(params)
-    value, v0, used = sharpness(loss_fn, params, batch, v0, TRACE_TOL, TRACE_MAX_ITER)
-    losses, at, values, hvps = [], [0], [float(value)], int(used)
+    hyper = {key: jnp.float32(value) for key, value in settings.items()}
+    state = make_optimizer(name, **hyper).init(params)
+    run = dict(optimizer=name, settings=settings, edge=edge(name, settings), steps=steps, loss=[], sharpness_steps=[],
+               sharpness=[], lanczos_iterations=[], residuals=[], diverged=False, hvps=0)
+
+    def measure_here():
+        scale = adam_preconditioner(state, hyper, params) if name == "adam" else None
+        value, vector, used, residual = sharpness(loss_fn, params, batch, v0, TRACE_TOL, TRACE_MAX_ITER, scale)
+        for key, item in (("sharpness_steps", len(run["loss"])), ("sharpness", float(value)),
+                          ("lanczos_iterations", used), ("residuals", float(residual))):
+            run[key].append(item)
+        run["hvps"] += used
+        return vector
+
+    if name != "adam":
+        v0 = measure_here()
     for length in block_lengths(steps, every):
-        params, state, block = train_steps(loss_fn, name, lr, mu, params, state, batch, length)
-        losses.extend(np.asarray(block).tolist())
-        if not np.all(np.isfinite(losses)):
+        params, state, block = train_steps(loss_fn, name, hyper, params, state, batch, length)
+        run["loss"].extend(np.asarray(block).tolist())
+        if not np.all(np.isfinite(run["loss"])):
             break
-        value, v0, used = sharpness(loss_fn, params, batch, v0, TRACE_TOL, TRACE_MAX_ITER)
-        at.append(len(losses))
-        values.append(float(value))
-        hvps += int(used)
-    return dict(optimizer=name, lr=lr, mu=mu, edge=edge(lr, mu), steps=steps, loss=finite_or_none(losses),
-                sharpness_steps=at, sharpness=finite_or_none(values), diverged=diverged(losses), hvps=hvps)
+        v0 = measure_here()
+    run["diverged"] = diverged(run["loss"])
+    run["loss"] = finite_or_none(run["loss"])
+    run["sharpness"] = finite_or_none(run["sharpness"])
+    return run
 
 
 def shown(value, digits=4):
@@ -245,106 +279,158 @@ def setup_batches(images, labels):
             "cross_entropy": (cross_entropy, (inputs, targets))}
 
 
-def measure(images, labels, seed, steps, every, lrs, momentum_lr, mu, log=print):
-    """The whole experiment on one set of images -> the dict sharpness.json holds."""
-    params = init_params(jax.random.PRNGKey(seed))
+def run_plan(args):
+    """The traces of the experiment, in order: (group, set-up, optimizer, settings, steps, every) each.
+
+    group "above": the recipe, GD at --gd-lrs and heavy ball: the sharpness at init above or below the edge.
+    group "below": progressive sharpening, from below the edge: GD on the recipe at BELOW_LR, whose 2 / lr
+    lies a little above lambda at init, and GD on pixels scaled to [0, 1] at PIXELS_LR.
+    group "adam": Adam's preconditioned sharpness at the two settings chapter 6 selected (ADAM_SETTINGS).
+    """
+    plan = [("above", "recipe", "sgd", dict(lr=lr), args.full_batch_steps, args.every) for lr in args.gd_lrs]
+    plan.append(("above", "recipe", "momentum", dict(lr=args.momentum_lr, mu=args.momentum_mu), args.full_batch_steps,
+                 args.every))
+    plan.append(("below", "recipe", "sgd", dict(lr=BELOW_LR), args.full_batch_steps, args.every))
+    plan.append(("below", "pixels_0_1", "sgd", dict(lr=PIXELS_LR), PIXELS_STEPS, PIXELS_EVERY))
+    plan += [("adam", "recipe", "adam", dict(beta1=0.9, beta2=0.999, **settings), args.full_batch_steps, ADAM_EVERY)
+             for settings in ADAM_SETTINGS]
+    return plan
+
+
+def measure(args, images, labels, result, log=print):
+    """The whole experiment on one set of images, into `result` as it goes (a Ctrl-C keeps what is done)."""
+    params = init_params(jax.random.key(args.seed))
     v0 = random_start(params)
     batches = setup_batches(images, labels)
-    init, top_vector = {}, {}
+    result.update(init={}, runs=[], divergence=None)
+    top_vector = {}
     for setup in SETUPS:
         loss_fn, batch = batches[setup]
-        value, top_vector[setup], used = sharpness(loss_fn, params, batch, v0, INIT_TOL, INIT_MAX_ITER)
-        init[setup] = dict(lambda_max=float(value), two_over_lambda=2 / float(value), hvps=int(used))
-        log(f"{setup:>14}: lambda_max {float(value):.4g}, 2/lambda {2 / float(value):.4g} ({int(used)} HVPs)")
+        value, top_vector[setup], used, residual = sharpness(loss_fn, params, batch, v0, INIT_TOL, INIT_MAX_ITER)
+        result["init"][setup] = dict(lambda_max=float(value), two_over_lambda=2 / float(value), hvps=used,
+                                     residual=float(residual))
+        log(f"{setup:>14}: lambda_max {value:.4g}, 2/lambda {2 / value:.4g} ({used} HVPs)")
 
-    loss_fn, batch = batches["recipe"]
-    runs = []
-    for name, lr, run_mu in [("sgd", lr, 0.0) for lr in lrs] + [("momentum", momentum_lr, mu)]:
+    for group, setup, name, settings, steps, every in run_plan(args):
         started = time.perf_counter()
-        run = trace(loss_fn, name, lr, run_mu, params, batch, steps, every, top_vector["recipe"])
-        runs.append(run)
-        values = [v for v in run["sharpness"] if v is not None]
-        log(f"{name} lr {lr:g} mu {run_mu:g}: edge {shown(run['edge'])}, sharpness {shown(values[0])} -> "
-            f"max {shown(max(values))}, last {shown(values[-1])}; loss {shown(run['loss'][0])} -> "
-            f"{shown(run['loss'][-1])}{', DIVERGED' if run['diverged'] else ''} "
-            f"({run['hvps']} HVPs, {time.perf_counter() - started:.0f} s)")
+        loss_fn, batch = batches[setup]
+        run = trace(loss_fn, name, settings, params, batch, steps, every, top_vector[setup])
+        run.update(group=group, setup=setup, seconds=time.perf_counter() - started)
+        result["runs"].append(run)
+        values = [v for v in run["sharpness"] if v is not None] or [None]
+        log(f"{run_label(run)}: sharpness {shown(values[0])} -> max {shown(max(values, key=lambda v: v or 0))}, last "
+            f"{shown(values[-1])}; "
+            f"loss {shown(run['loss'][0])} -> {shown(run['loss'][-1])}{', DIVERGED' if run['diverged'] else ''} "
+            f"({run['hvps']} HVPs, {run['seconds']:.0f} s)")
 
-    # Bisection starts at the largest GD learning rate that survived its trace: fewer runs.
-    survived = [run["lr"] for run in runs if run["optimizer"] == "sgd" and not run["diverged"]]
-    start = max(survived + [init["recipe"]["two_over_lambda"]])
+    # Bisection starts at the largest GD learning rate that survived its trace on the recipe: fewer runs.
+    loss_fn, batch = batches["recipe"]
+    survived = [r["settings"]["lr"] for r in result["runs"] if r["group"] == "above" and r["optimizer"] == "sgd"
+                and not r["diverged"]]
+    start = max(survived + [result["init"]["recipe"]["two_over_lambda"]])
     started = time.perf_counter()
-    lr_diverges, lr_survives, probes = find_divergence(lambda lr: gd_blows_up(loss_fn, lr, params, batch, steps),
-                                                       start)
-    log(f"full-batch GD, {steps} steps: blows up at lr {shown(lr_diverges)}, survives at lr {shown(lr_survives)} "
-        f"(2/lambda_init = {init['recipe']['two_over_lambda']:.4g}; {len(probes)} runs, "
-        f"{time.perf_counter() - started:.0f} s)")
-    return dict(n_images=len(images), seed=seed, init=init, runs=runs,
-                divergence=dict(lr_diverges=lr_diverges, lr_survives=lr_survives, steps=steps, blow_up=BLOW_UP,
-                                probes=[dict(lr=lr, diverged=d) for lr, d in probes]),
-                settings=dict(every=every, init_tol=INIT_TOL, init_max_iter=INIT_MAX_ITER, trace_tol=TRACE_TOL,
-                              trace_max_iter=TRACE_MAX_ITER, bisect_ratio=BISECT_RATIO))
+    lr_diverges, lr_survives, probes = find_divergence(
+        lambda lr: gd_blows_up(loss_fn, lr, params, batch, args.full_batch_steps), start)
+    result["divergence"] = dict(lr_diverges=lr_diverges, lr_survives=lr_survives, steps=args.full_batch_steps,
+                                blow_up=BLOW_UP,
+                                probes=[dict(lr=lr, diverged=d) for lr, d in probes])
+    log(f"full-batch GD, {args.full_batch_steps} steps: blows up at lr {shown(lr_diverges)}, survives at lr "
+        f"{shown(lr_survives)} (2/lambda_init = {result['init']['recipe']['two_over_lambda']:.4g}; {len(probes)} "
+        f"runs, {time.perf_counter() - started:.0f} s)")
 
 
 # --- The figure and the summary ---------------------------------------------------------------
 
 
 def run_label(run):
-    mu = f", μ {run['mu']:g}" if run["optimizer"] == "momentum" else ""
-    name = "GD" if run["optimizer"] == "sgd" else "heavy ball"
-    return f"{name}, lr {run['lr']:g}{mu}: edge {run['edge']:.3g}"
+    """'GD, lr 0.08' / 'heavy ball, lr 0.1, mu 0.9' / 'Adam, lr 0.001, eps 0.01' (+ 'pixels in [0, 1]')."""
+    settings = run["settings"]
+    text = {"sgd": "GD", "momentum": "heavy ball", "adam": "Adam"}[run["optimizer"]] + f", lr {settings['lr']:g}"
+    text += f", μ {settings['mu']:g}" if "mu" in settings else ""
+    text += f", eps {settings['eps']:g}" if "eps" in settings else ""
+    return text + (", pixels in [0, 1]" if run["setup"] == "pixels_0_1" else "")
+
+
+def loss_rises(run):
+    """-> (how many steps raise the loss, the last step that does, or None)."""
+    losses = [v for v in run["loss"] if v is not None]
+    rises = [t for t in range(1, len(losses)) if losses[t] > losses[t - 1]]
+    return len(rises), (rises[-1] if rises else None)
 
 
 def plot_traces(result, path):
-    """Left: full-batch training loss (log) against the step; right: sharpness, each run's edge dashed."""
+    """Four panels: the loss of every run; the recipe's runs' sharpness with their edges; sharpness / edge of the
+    runs from below; Adam's preconditioned sharpness / its edge."""
     plt = reporting.plt
-    fig, (ax_loss, ax_sharp) = plt.subplots(1, 2, figsize=(12, 4.8))
-    for run, color in zip(result["runs"], plt.cm.tab10.colors):
+    fig, axes = plt.subplots(2, 2, figsize=(9, 7.4))
+    (ax_loss, ax_above), (ax_below, ax_adam) = axes
+    styles = ["-", "--", "-.", ":"]
+    for i, (run, color) in enumerate(zip(result["runs"], plt.cm.tab10.colors)):
+        style = dict(color=color, linestyle=styles[i % 4], linewidth=1.3, label=run_label(run))
         losses = np.array([np.nan if v is None else v for v in run["loss"]])
-        ax_loss.plot(np.arange(len(losses)), losses, color=color, linewidth=1.3, label=run_label(run))
+        ax_loss.plot(np.arange(len(losses)), losses, **style)
         values = np.array([np.nan if v is None else v for v in run["sharpness"]])
-        ax_sharp.plot(run["sharpness_steps"], values, color=color, marker="o", markersize=2.5, linewidth=1.3)
-        ax_sharp.axhline(run["edge"], color=color, linestyle="--", linewidth=1.2)
-    top = max([r["edge"] for r in result["runs"]] + [v for r in result["runs"] for v in r["sharpness"] if v])
-    ax_loss.set(xlabel="step", ylabel="training loss (cross-entropy / 10), whole batch", yscale="log",
-                title=f"full-batch training on the first {result['n_images']} images")
-    ax_sharp.set(xlabel="step", ylabel="sharpness λ_max of the Hessian", ylim=(0, 1.08 * top),
-                 title="sharpness; dashed: each run's edge (2 + 2μ) / lr")
-    fig.legend(*ax_loss.get_legend_handles_labels(), loc="lower center", ncol=len(result["runs"]), fontsize=9,
-               frameon=False)
-    fig.tight_layout(rect=(0, 0.07, 1, 1))
+        if run["group"] == "above":
+            ax_above.plot(run["sharpness_steps"], values, marker="o", markersize=2, **style)
+            ax_above.axhline(run["edge"], color=color, linestyle=(0, (4, 3)), linewidth=1)
+        else:
+            (ax_below if run["group"] == "below" else ax_adam).plot(run["sharpness_steps"], values / run["edge"],
+                                                                    marker="o", markersize=2, **style)
+    for ax in (ax_below, ax_adam):
+        ax.axhline(1.0, color="0.3", linestyle=(0, (4, 3)), linewidth=1)
+    ax_loss.set(xlabel="step", ylabel="whole-batch loss (cross-entropy / 10)", yscale="log", xscale="symlog",
+                title="training loss (step axis: linear to 1, then log)")
+    top = max([r["edge"] for r in result["runs"] if r["group"] == "above"]
+              + [v for r in result["runs"] if r["group"] == "above" for v in r["sharpness"] if v])
+    ax_above.set(xlabel="step", ylabel="λ_max of the Hessian", ylim=(0, 1.08 * top),
+                 title="from above: λ_max; dashed: each run's edge (2 + 2μ) / lr")
+    ax_below.set(xlabel="step", ylabel="λ_max / (2 / lr)", ylim=(0, None),
+                 title="from below: λ_max / edge (1 = the edge)")
+    ax_adam.set(xlabel="step", ylabel="λ_max(P⁻¹H) / (38 / lr)", yscale="log",
+                title="Adam: preconditioned sharpness / its edge 38 / lr")
+    for ax in axes.flat[1:]:
+        ax.title.set_fontsize(9)
+    ax_loss.title.set_fontsize(9)
+    fig.legend(*ax_loss.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(f"full-batch training on the first {result['n_images']:,} images, seed {result['seed']}", fontsize=10)
+    fig.tight_layout(rect=(0, 0.1, 1, 1))
     reporting.save_figure(fig, path)
 
 
-def steps_of(result):
-    return result["runs"][0]["steps"]
-
-
-def markdown(result, command):
-    """The tables of docs/06-sharpness.md, from one result."""
-    init = result["init"]
-    lines = [f"`{command}`: first {result['n_images']} training images, seed {result['seed']}.", "",
-             "| set-up | λ_max at init | 2 / λ_max | lr 0.01 as a fraction of 2 / λ_max |",
-             "| --- | ---: | ---: | ---: |"]
+def markdown(result):
+    """The tables of docs/07-sharpness.md, from one result (a partial one too)."""
+    init = result.get("init", {})
+    lines = [f"First {result['n_images']:,} training images, seed {result['seed']}; Lanczos stops when "
+             f"||H y - λ y|| <= {INIT_TOL:g} λ at init, {TRACE_TOL:g} λ along the runs.", "",
+             "| set-up | λ_max at init | 2 / λ_max | lr 0.01 as a fraction of 2 / λ_max | Lanczos HVPs |",
+             "| --- | ---: | ---: | ---: | ---: |"]
     names = {"recipe": "the recipe: raw pixels 0-255, cross-entropy / 10", "pixels_0_1": "pixels scaled to [0, 1]",
              "cross_entropy": "true cross-entropy (x 10)"}
-    for setup in SETUPS:
-        row = init[setup]
+    for setup, row in init.items():
         lines.append(f"| {names[setup]} | {row['lambda_max']:.4g} | {row['two_over_lambda']:.4g} | "
-                     f"{0.01 / row['two_over_lambda']:.3g} |")
-    marks = sorted({0, steps_of(result) // 3, 2 * steps_of(result) // 3, steps_of(result)})
-    lines += ["", "| run | edge (2 + 2μ) / lr | " + " | ".join(f"sharpness at step {t}" for t in marks)
-              + f" | highest | loss at step 0 | loss at step {steps_of(result) - 1} |", "| --- |" + " ---: |" * (len(marks) + 4)]
-    for run in result["runs"]:
-        at = dict(zip(run["sharpness_steps"], run["sharpness"]))
+                     f"{0.01 / row['two_over_lambda']:.3g} | {row['hvps']} |")
+    lines += ["", "| run | steps | edge | sharpness: at the first measure, highest, last | highest / edge | "
+                  "steps that raise the loss (the last one) | loss: first, last | Lanczos HVPs per measure |",
+              "| --- | ---: | ---: | --- | ---: | --- | --- | ---: |"]
+    for run in result.get("runs", []):
         values = [v for v in run["sharpness"] if v is not None]
-        lines.append(f"| {run_label(run).split(':')[0]} | {shown(run['edge'], 3)} | "
-                     + " | ".join(shown(at.get(t), 3) for t in marks)
-                     + f" | {shown(max(values), 3)} | {shown(run['loss'][0], 3)} | {shown(run['loss'][-1], 3)} |")
-    d = result["divergence"]
-    ratio = d["lr_survives"] / init["recipe"]["two_over_lambda"] if d["lr_survives"] else None
-    lines += ["", f"Full-batch GD, {d['steps']} steps, blows up (a loss above {d['blow_up']:g} x the first, or not "
-                  f"finite) at lr {shown(d['lr_diverges'])} and survives at lr {shown(d['lr_survives'])}: "
-                  f"{shown(ratio, 3)} x 2 / λ_init."]
+        if not values:
+            continue  # it blew up before its first measure
+        count, last = loss_rises(run)
+        preconditioned = " (of P⁻¹H)" if run["optimizer"] == "adam" else ""
+        lines.append(f"| {run_label(run)} | {run['steps']} | {shown(run['edge'], 4)}{preconditioned} | "
+                     f"{shown(values[0], 3)} (step {run['sharpness_steps'][0]}), {shown(max(values), 3)}, "
+                     f"{shown(values[-1], 3)} | {max(values) / run['edge']:.2f} | {count} ({shown(last)}) | "
+                     f"{shown(run['loss'][0], 3)}, {shown(run['loss'][-1], 3)} | "
+                     f"{run['hvps'] / len(run['sharpness']):.1f} |")
+    d = result.get("divergence")
+    if d:
+        ratio = d["lr_survives"] / init["recipe"]["two_over_lambda"] if d["lr_survives"] else None
+        lines += ["", f"Full-batch GD, {d['steps']} steps, blows up (a loss above {d['blow_up']:g} x the first, or not "
+                      f"finite) at lr {shown(d['lr_diverges'])} and survives at lr {shown(d['lr_survives'])}: "
+                      f"{shown(ratio, 3)} x 2 / λ_init. Probes: "
+                      + ", ".join(f"{p['lr']:.3g} {'blew up' if p['diverged'] else 'survived'}" for p in d["probes"])
+                      + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -353,46 +439,55 @@ def markdown(result, command):
 
 def build_parser():
     p = argparse.ArgumentParser(
-        description="Sharpness (top Hessian eigenvalue) of the MNIST MLP, and full-batch GD at the edge of stability.",
-        epilog="Exit status: 0 done, 2 bad input.")
-    p.add_argument("--n-images", type=positive_int, default=N_IMAGES,
-                   help="the loss is the whole-batch loss on the first N training images (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=SEED, help="seeds the initial weights (default: %(default)s)")
-    p.add_argument("--steps", type=positive_int, default=STEPS,
-                   help="full-batch steps of each run and of each bisection run (default: %(default)s)")
+        description="Sharpness (top Hessian eigenvalue) of the MNIST MLP, and full-batch training at the edge of "
+                    "stability.", epilog="Exit status: 0 done, 2 bad input or a disk error, 130 interrupted (the "
+                                         "runs finished so far are written, marked partial).")
+    p.add_argument("--full-batch-steps", type=positive_int, default=STEPS,
+                   help="full-batch steps of each run on the recipe and of each bisection run (default: %(default)s)")
     p.add_argument("--every", type=positive_int, default=EVERY,
-                   help="measure the sharpness every K steps (default: %(default)s)")
-    p.add_argument("--lrs", type=positive_float, nargs="+", default=list(LRS), metavar="LR",
-                   help="learning rates of the gradient-descent runs (default: %(default)s)")
+                   help="measure the sharpness every K steps of the GD and heavy-ball runs (default: %(default)s)")
+    p.add_argument("--gd-lrs", type=positive_float, nargs="+", default=list(LRS), metavar="LR",
+                   help="learning rates of the gradient-descent runs on the recipe (default: 0.01 0.04 0.08)")
     p.add_argument("--momentum-lr", type=positive_float, default=MOMENTUM_LR,
                    help="learning rate of the heavy-ball run (default: %(default)s)")
-    p.add_argument("--mu", type=unit_interval, default=MU, help="momentum of the heavy-ball run (default: %(default)s)")
-    mlp_mnist.add_data_dir_argument(p)
-    p.add_argument("--out", default=None, metavar="DIR",
-                   help="write sharpness.json, sharpness.png and summary.md here; DIR must be new or empty "
-                        "(default: runs/sharpness, or runs/sharpness-2, -3, ... when that one holds files)")
+    p.add_argument("--momentum-mu", type=unit_interval, default=MU,
+                   help="momentum mu of the heavy-ball run (default: %(default)s)")
+    reporting.add_flags(p, "--seed", "--train-subset", "--data-dir", "--out", train_subset=N_IMAGES)
     return p
 
 
 def main(argv=None):
+    argv = reporting.record_command(__file__, argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     args.out = args.out or reporting.default_out_dir("sharpness")
-    train_set, _ = mlp_mnist.load_data_or_exit(parser, args.data_dir, args.n_images, out=args.out)
-    if len(train_set) < args.n_images:
-        parser.error(f"argument --n-images: {args.n_images} is more than the {len(train_set)} training images")
+    train_set, _, _ = reporting.load_data_or_exit(parser, args)
+    if len(train_set) < args.train_subset:
+        parser.error(f"argument --train-subset: {args.train_subset} is more than the {len(train_set)} training images")
+    result = dict(status="partial", n_images=args.train_subset, seed=args.seed,
+                  settings=dict(every=args.every, init_tol=INIT_TOL, init_max_iter=INIT_MAX_ITER, trace_tol=TRACE_TOL,
+                                trace_max_iter=TRACE_MAX_ITER, bisect_ratio=BISECT_RATIO))
     start = time.perf_counter()
-    result = measure(train_set.data.numpy(), train_set.targets.numpy(), args.seed, args.steps, args.every,
-                     args.lrs, args.momentum_lr, args.mu)
+    try:
+        measure(args, train_set.data.numpy(), train_set.targets.numpy(), result)
+        result["status"] = "completed"
+    except KeyboardInterrupt:
+        pass
     result["seconds"] = time.perf_counter() - start
-    result["machine"] = reporting.machine()
-    command = "python sharpness.py" + "".join(f" {a}" for a in (sys.argv[1:] if argv is None else argv))
-    result["command"] = command
-    reporting.write_json(f"{args.out}/sharpness.json", result)
-    plot_traces(result, f"{args.out}/sharpness.png")
-    reporting.write_text(f"{args.out}/summary.md", markdown(result, command))
+
+    def write(out):
+        reporting.write_json(f"{out}/sharpness.json", result)
+        reporting.write_markdown(f"{out}/summary.md", markdown(result))
+        if result.get("runs"):
+            plot_traces(result, f"{out}/sharpness.png")
+
+    reporting.write_or_fail(args.out, write, "the files written before it are complete")
+    if result["status"] != "completed":
+        print(f"interrupted: {args.out} holds the {len(result.get('runs', []))} runs finished, marked partial",
+              file=sys.stderr)
+        sys.exit(reporting.EXIT_INTERRUPTED)
     print(f"{result['seconds']:.0f} s; wrote {args.out}/sharpness.json, sharpness.png, summary.md")
 
 
 if __name__ == "__main__":
-    main()
+    reporting.run_script(main)

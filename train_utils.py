@@ -1,8 +1,9 @@
 """The model, its loss and plain SGD: pure functions over a params pytree.
 
 params is a list of (w, b) pairs, one per layer: w: (n_in, n_out), b: (n_out,).
-A batch is a pair (inputs, targets): inputs (B, 784) float32 raw pixel values 0-255,
-targets (B, 10) one-hot.
+The model is written for ONE image, and jax.vmap makes it work on a batch: that is the JAX way
+(docs/01-model-and-loss.md). A batch is a pair (inputs, targets): inputs (B, 784) float32 raw
+pixel values 0-255, targets (B, 10) one-hot.
 """
 from typing import Callable, NamedTuple
 
@@ -19,12 +20,15 @@ def relu(x):
 
 
 def log_softmax(logits):
-    """logits: (B, C) -> log-probabilities (B, C), computed as logits - logsumexp(logits)."""
+    """logits (C,) -> log-probabilities (C,), computed as logits - logsumexp(logits) (any leading axes too)."""
     return logits - jax.scipy.special.logsumexp(logits, axis=-1, keepdims=True)
 
 
 def init_params(key, sizes=LAYER_SIZES, scale=INIT_SCALE):
-    """One PRNG key per layer -> [(w (n_in, n_out), b (n_out,)), ...], all ~ N(0, scale^2)."""
+    """A PRNG key -> [(w (n_in, n_out), b (n_out,)), ...], all ~ N(0, scale^2).
+
+    The key is split, never reused: one new key per layer, then one for w and one for b.
+    """
     layer_keys = jax.random.split(key, len(sizes) - 1)
     params = []
     for layer_key, n_in, n_out in zip(layer_keys, sizes[:-1], sizes[1:]):
@@ -34,21 +38,25 @@ def init_params(key, sizes=LAYER_SIZES, scale=INIT_SCALE):
     return params
 
 
-def layer_inputs(params, inputs):
-    """inputs: (B, 784) -> what each layer receives: [inputs (B, 784), h1 (B, 512), h2 (B, 512)].
-
-    h1 and h2 are the ReLU outputs of the hidden layers.
-    """
-    received = [inputs]
+def layer_inputs(params, image):
+    """One image (784,) -> what each layer receives: [image (784,), h1 (512,), h2 (512,)], h1 and h2 the
+    ReLU outputs of the hidden layers."""
+    received = [image]
     for w, b in params[:-1]:
-        received.append(relu(received[-1] @ w + b))  # (B, n_out)
+        received.append(relu(received[-1] @ w + b))  # (n_out,)
     return received
 
 
-def predict(params, inputs):
-    """inputs: (B, 784) -> log-probabilities (B, 10). ReLU between layers, log-softmax on top."""
+def predict(params, image):
+    """One image (784,) -> its log-probabilities (10,). ReLU between the layers, log-softmax on top."""
     w, b = params[-1]
-    return log_softmax(layer_inputs(params, inputs)[-1] @ w + b)  # (B, 10)
+    return log_softmax(layer_inputs(params, image)[-1] @ w + b)
+
+
+# The same functions for a batch: jax.vmap maps them over axis 0 of the images; in_axes=None means the
+# params are not mapped over but shared by every image. Written for one, mapped for many.
+batched_layer_inputs = jax.vmap(layer_inputs, in_axes=(None, 0))  # inputs (B, 784) -> [(B, 784), (B, 512), (B, 512)]
+batched_predict = jax.vmap(predict, in_axes=(None, 0))  # inputs (B, 784) -> log-probabilities (B, 10)
 
 
 def loss(params, batch):
@@ -59,12 +67,12 @@ def loss(params, batch):
     learning rates in this repository look ten times larger than usual for SGD.
     """
     inputs, targets = batch
-    return -jnp.mean(predict(params, inputs) * targets)
+    return -jnp.mean(batched_predict(params, inputs) * targets)
 
 
 def predicted_class(params, inputs):
-    """inputs: (B, 784) -> the most likely digit (B,) int32."""
-    return jnp.argmax(predict(params, inputs), axis=1)
+    """inputs (B, 784) -> the most likely digit (B,) int32."""
+    return jnp.argmax(batched_predict(params, inputs), axis=1)
 
 
 def inputs_from_uint8(images):
@@ -83,6 +91,8 @@ def batch_from_uint8(images, labels):
 #   update(grads, state, params) -> (new_params, new_state)
 #   grad_point(params, state) -> the point at which the training step evaluates the
 #                                gradient (params itself, except for Nesterov's look-ahead)
+# Its hyperparameters (lr, mu, ...) are the factory's arguments: Python floats, or arrays,
+# which is how mlp_mnist.py passes them, so that one compiled program serves every value.
 # Plain SGD lives here; momentum, Nesterov, RMSProp and Adam live in optimized_sgd.py.
 
 
@@ -90,23 +100,6 @@ class Optimizer(NamedTuple):
     init: Callable
     update: Callable
     grad_point: Callable
-
-
-def make_step(optimizer, loss_fn):
-    """One step of any optimizer on loss_fn(params, batch), as a pure function (callers jit or scan it).
-
-    (params, state, batch) -> (params, state, loss). The gradient is taken at
-    optimizer.grad_point(params, state): the params themselves, or Nesterov's look-ahead.
-    The loss comes free with that gradient, so it is the loss at that same point, before
-    the update. mlp_mnist.py, optimizer_paths.py and sharpness.py all step through this.
-    """
-
-    def step(params, state, batch):
-        value, grads = jax.value_and_grad(loss_fn)(optimizer.grad_point(params, state), batch)
-        params, state = optimizer.update(grads, state, params)
-        return params, state, value
-
-    return step
 
 
 def at_params(params, state):
@@ -125,7 +118,7 @@ def sgd(lr):
         return SGDState()
 
     def update(grads, state, params):
-        new_params = jax.tree_util.tree_map(lambda p, g: p - lr * g, params, grads)
+        new_params = jax.tree.map(lambda p, g: p - lr * g, params, grads)
         return new_params, state
 
     return Optimizer(init, update, at_params)

@@ -2,20 +2,21 @@
 
     python verify_vectors.py                       # sizes 1e3 .. 1e7, a table per size, files in runs/verify_vectors
     python verify_vectors.py --sizes 1000 1e6 --json
-    python verify_vectors.py --sizes 1e7 --seconds 2 --out runs/square-1e7
+    python verify_vectors.py --sizes 1e7 --seconds-per-config 2 --out runs/square-1e7
 
 Each run writes table.txt (the tables it prints), results.json and square.png (median time
 against size) into --out: a new or empty folder, runs/verify_vectors by default.
 
 How the timing is done, because that is the point of this script:
 1. Correctness first: every configuration's result must equal NumPy's before anything is
-   timed; a mismatch stops the script (exit status 1) and nothing is written.
+   timed; a mismatch stops the script (exit status 4, "the check failed"), and only the
+   sizes finished before it are written.
 2. JAX runs asynchronously: a call returns before the work is done. Every JAX result is
    waited for with block_until_ready(), or we would time only the dispatch.
 3. Three costs are kept apart: copying the input to the device (host -> device), the
    first call (tracing + XLA compilation + one run) and the steady state.
 4. Warm-up calls are not counted; the figure is the median of many repeats, as many as fit
-   in about --seconds per configuration and size.
+   in about --seconds-per-config per configuration and size.
 5. Memory is made visible: a copy into a preallocated array (np.copyto) is the floor for
    any operation that reads one array and writes another, and the minor page faults per
    call (getrusage) show which configurations get fresh memory from the operating system
@@ -146,6 +147,7 @@ CONFIGURATIONS = {
 }
 REFERENCE = {"square": np.square, "copy": np.copy, "poly": lambda x: horner(x, np)}  # what NumPy says
 NUMPY_BASELINE = {"square": "numpy x * x", "copy": "numpy x * x", "poly": "numpy polynomial"}  # "vs NumPy"
+IN_PLACE_BASELINE = "numpy out=x (in place)"  # "vs NumPy" of a configuration that writes over its input
 LOOP_BASELINE = {"square": "python loop"}  # the "vs loop" column (no loop for the polynomial)
 
 
@@ -216,9 +218,11 @@ def measure_size(size, seconds, configs):
         rows[name] = dict(kind=config.kind, first_call_s=first_call[name], median_s=median,
                           minor_faults_per_call=faults, repeats=repeats,
                           gb_per_s=8 * size / median / 1e9)  # 4 bytes read + 4 written per element
-    for row in rows.values():
+    for name, row in rows.items():
         loop = rows.get(LOOP_BASELINE.get(row["kind"]))
         row["speedup_vs_numpy"] = rows[NUMPY_BASELINE[row["kind"]]]["median_s"] / row["median_s"]
+        if configs[name].chained:  # like for like: against NumPy writing over its input too
+            row["speedup_vs_numpy_in_place"] = rows[IN_PLACE_BASELINE]["median_s"] / row["median_s"]
         row["speedup_vs_loop"] = loop["median_s"] / row["median_s"] if loop else None
     return dict(size=size, host_to_device_s=transfer, rows=rows,
                 skipped=[name for name in configs if name not in timed])
@@ -243,8 +247,9 @@ def cpu_caches():
 
 def format_header(device, seconds, caches):
     cache_text = ", ".join(f"{name} {size}" for name, size in caches.items()) or "caches unknown"
-    return (f"JAX {jax.__version__} on {device}; NumPy {np.__version__}; float32; "
-            f"medians over repeats of ~{seconds} s each\n{reporting.machine()['cpu_model']}; {cache_text}")
+    return (f"JAX {jax.__version__} on {device}; NumPy {np.__version__}; float32; medians over repeats of ~{seconds} s "
+            f"each; vs NumPy: NumPy's time (x * x, or its polynomial) / this one's; vs in place: for the two that "
+            f"write over their input, NumPy's out=x / this one's\n{reporting.machine()['cpu_model']}; {cache_text}")
 
 
 def format_table(result):
@@ -261,17 +266,19 @@ def format_table(result):
     lines = [f"size {size:,} float32 ({4 * size / 1e6:g} MB in, as much out); "
              f"host -> device transfer {ms(result['host_to_device_s']).strip()} ms",
              f"  {'configuration':<23} {'first call ms':>13} {'median ms':>10} {'GB/s':>7} "
-             f"{'page faults/call':>16} {'vs NumPy':>9} {'vs loop':>9}"]
+             f"{'page faults/call':>16} {'vs NumPy':>9} {'vs in place':>11} {'vs loop':>9}"]
     for name, row in result["rows"].items():
         lines.append(f"  {name:<23} {ms(row['first_call_s']):>13} {ms(row['median_s'])} "
                      f"{row['gb_per_s']:7.2f} {faults(row['minor_faults_per_call']):>16} "
-                     f"{ratio(row['speedup_vs_numpy']):>9} {ratio(row['speedup_vs_loop']):>9}")
+                     f"{ratio(row['speedup_vs_numpy']):>9} {ratio(row.get('speedup_vs_numpy_in_place')):>11} "
+                     f"{ratio(row['speedup_vs_loop']):>9}")
     for name in result["skipped"]:
         lines.append(f"  {name:<23} skipped: above {LOOP_MAX_SIZE:,} elements it takes too long")
     return "\n".join(lines)
 
 
-# name -> (colour, line style, marker): NumPy solid, JAX dashed, the polynomial dotted, the floor thick black
+# name -> (colour, line style, marker): NumPy solid, JAX dashed, the polynomial dotted, the floor thick black;
+# no two share both a colour and a marker
 PLOT_STYLE = {
     "python loop": ("tab:gray", "-", "x"),
     "numpy x * x": ("tab:blue", "-", "o"),
@@ -284,14 +291,14 @@ PLOT_STYLE = {
     "jax.jit, donated": ("tab:orange", "--", "D"),
     "jax.vmap, no jit": ("tab:brown", "--", "^"),
     "jax.jit(jax.vmap)": ("tab:pink", "--", "v"),
-    "numpy polynomial": ("tab:blue", ":", "o"),
-    "jax.jit polynomial": ("tab:red", ":", "s"),
+    "numpy polynomial": ("navy", ":", "P"),
+    "jax.jit polynomial": ("darkred", ":", "X"),
 }
 
 
 def plot(results, title, path):
     """Median milliseconds per call against size, log-log, one line per configuration; legend outside."""
-    fig, ax = reporting.plt.subplots(figsize=(10, 5.5))
+    fig, ax = reporting.plt.subplots(figsize=(9, 5))
     for name, (colour, style, marker) in PLOT_STYLE.items():
         points = [(r["size"], 1e3 * r["rows"][name]["median_s"]) for r in results if name in r["rows"]]
         if not points:
@@ -319,48 +326,51 @@ seconds_arg = reporting.number_type(float, lambda v: 0 < v <= 60, "in (0, 60]")
 
 
 def main(argv=None):
+    argv = reporting.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Time a float32 vector square in JAX, NumPy and a Python loop, "
-                                            "against the memory floor (a copy), with page faults per call.")
+                                            "against the memory floor (a copy), with page faults per call.",
+                                epilog="Exit status: 0 done, 2 bad input or a disk error, 4 the check failed "
+                                       "(a configuration disagrees with NumPy), 130 interrupted.")
     p.add_argument("--sizes", type=size_arg, nargs="+", default=DEFAULT_SIZES,
                    help="vector lengths, e.g. 1000 1e6 (default: 1e3 1e4 1e5 1e6 1e7)")
-    p.add_argument("--seconds", type=seconds_arg, default=DEFAULT_SECONDS,
-                   help="time spent repeating each configuration at each size (default: %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON instead of tables")
-    p.add_argument("--out", metavar="DIR", default=None,
-                   help="a new or empty folder for table.txt, results.json and square.png "
-                        "(default: runs/verify_vectors, or runs/verify_vectors-2, ... when that one holds files)")
+    p.add_argument("--seconds-per-config", type=seconds_arg, default=DEFAULT_SECONDS, metavar="SECONDS",
+                   help="wall-clock seconds spent repeating each configuration at each size; the median of "
+                        "those calls is reported (default: %(default)s)")
+    reporting.add_flags(p, "--json", "--out")
     args = p.parse_args(argv)
     args.out = args.out or reporting.default_out_dir("verify_vectors")
     reporting.claim_out_dir_or_exit(args.out)
 
     device, caches = str(jax.devices()[0]), cpu_caches()
-    header = format_header(device, args.seconds, caches)
-    tables = [header]
+    header = format_header(device, args.seconds_per_config, caches)
+    tables, results, problem = [header], [], None
     if not args.json:
         print(header + "\n", flush=True)
-    results = []
-    for size in (int(s) for s in args.sizes):
-        try:
-            result = measure_size(size, args.seconds, CONFIGURATIONS)
-        except MismatchError as err:
-            print(f"error: wrong result at size {size:,}: {err}", file=sys.stderr)
-            sys.exit(1)
-        results.append(result)
-        tables.append(format_table(result))
-        if not args.json:
-            print(tables[-1] + "\n", flush=True)
-    report = dict(device=device, jax=jax.__version__, numpy=np.__version__, seconds=args.seconds,
-                  machine=reporting.machine(), caches=caches, results=results)
+    try:
+        for size in (int(s) for s in args.sizes):
+            result = measure_size(size, args.seconds_per_config, CONFIGURATIONS)
+            results.append(result)
+            tables.append(format_table(result))
+            if not args.json:
+                print(tables[-1] + "\n", flush=True)
+    except MismatchError as err:
+        problem = (f"wrong result at size {size:,}: {err}", reporting.EXIT_CHECK_FAILED)
+    except KeyboardInterrupt:
+        problem = ("interrupted (Ctrl-C)", reporting.EXIT_INTERRUPTED)
+    report = dict(device=device, seconds_per_config=args.seconds_per_config, caches=caches,
+                  status="completed" if problem is None else "partial", results=results)
     if args.json:
         print(json.dumps(report, indent=2))
     title = f"x * x (NumPy solid, JAX dashed) and a degree-4 polynomial (dotted) on {device}"
-    try:
-        write_outputs(args.out, report, "\n\n".join(tables) + "\n", title)
-    except OSError as err:
-        print(f"error: --out {args.out}: cannot be written ({err.strerror or err})", file=sys.stderr)
-        sys.exit(2)
+    kept = f"{args.out} holds the sizes finished before it" if results else "nothing was written"
+    if results:
+        reporting.write_or_fail(args.out, lambda out: write_outputs(out, report, "\n\n".join(tables), title),
+                                "the files written before it are complete")
+    if problem:
+        print(f"error: {problem[0]}; {kept}", file=sys.stderr)
+        sys.exit(problem[1])
     print(f"wrote table.txt, results.json and square.png to {args.out}", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    reporting.run_script(main)

@@ -1,26 +1,28 @@
 """How close does mlp_mnist.py's training epoch come to what the hardware allows?
 
-    python benchmarks/train_speed.py                 # a few minutes on 2 cores
-    python benchmarks/train_speed.py --json
+    python benchmarks/train_speed.py                 # about 8 minutes on 2 cores; writes runs/train_speed/
+    python benchmarks/train_speed.py --timed-epochs 2 --vmap-models 3
 
 Measured in one run, so that the ratios are fair on a noisy machine:
-1. The float32 matmul rate XLA reaches, at 2048x2048x2048 and at each of the network's
-   own matmul shapes, and the floor each implies: the seconds one epoch's matmuls need.
-2. The project's epoch, through the real mlp_mnist.py path (torchvision dataset,
-   DataLoader, the jitted step all five optimizers share, plain SGD), and its evaluation
-   of 70,000 images: medians over epochs, compilation timed apart.
+1. The float32 matmul rate XLA reaches at each of the network's own matmul shapes (measured
+   --rate-repeats times, spread apart over the run) and at 2048x2048x2048, and the floor each
+   implies: the seconds one epoch's matmuls need at those rates.
+2. The project's epoch through the real mlp_mnist.py path (the DataLoader, one jitted
+   train_step per batch, plain SGD), and its evaluation of the 70,000 images: medians over the
+   timed epochs, compilation apart.
 3. The same epoch through --loader device: the images on the device, the whole epoch one
-   compiled program (jax.lax.scan over the same batches).
-4. --vmap-seeds: 3 seeds trained at once by the device path under jax.vmap
-   (many_models.train_many); the epoch of all three, and its share per seed.
-   And the DataLoader alone: one epoch of its batches, with no training.
-5. The PyTorch equivalent: nn.Sequential + torch.optim.SGD, the same loss, in-memory
+   compiled program (jax.lax.scan over the same batches). And the DataLoader alone.
+4. Many models as one program (many_models.py: the device epoch under jax.vmap): the epoch of
+   3 and of 10 models (--vmap-models), against one model's device epoch, all on the same
+   50,000 images (a 10,000-image validation split held out, as in docs/06's study).
+5. Compilation: the compile seconds of a first run, and of a second run with another lr and
+   seed, which must find every program compiled already (the hyperparameters are data).
+6. The PyTorch equivalent: nn.Sequential + torch.optim.SGD, the same loss, in-memory
    batches, torch's own thread pool.
-6. The evaluation in chunks of 2,000 images (mlp_mnist.EVAL_CHUNK) against one of 10,000,
-   and the peak memory of the process.
-7. Ten epochs of the device loader, setup and compilation included, timed as one run.
-On a GPU there is no CPU floor to compare with: the script prints the device and times.
-The machine (CPU model and flags, cores, memory) is printed first and kept in the JSON.
+7. The evaluation in chunks of 2,000 images (mlp_mnist.EVAL_CHUNK) against one of 10,000.
+On a GPU there is no CPU floor to compare with: the script reports the device and the times.
+Writes train_speed.json and table.txt (what it prints) into --out. Exit status: 0 done,
+2 bad input or a disk error, 130 interrupted (what was measured so far is written, marked partial).
 """
 import argparse
 import functools
@@ -42,8 +44,8 @@ import mnist_data  # noqa: E402
 import reporting  # noqa: E402
 from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
-TRAIN_IMAGES, TEST_IMAGES, BATCH = 60_000, 10_000, 128
-VMAP_SEEDS = (0, 1, 2)  # as many seeds as the comparison of docs/04 trains
+BATCH = reporting.SHARED_FLAGS["--batch-size"]["default"]
+VAL_SHARE = 6  # the vmap comparison holds out the last sixth (10,000 of 60,000) and trains on the rest, as docs/06
 
 
 def matmul_shapes(batch=BATCH, sizes=LAYER_SIZES):
@@ -77,7 +79,7 @@ def matmul_rate(m, k, n, seconds=0.5):
     the one before (always 1, but XLA cannot know it), so none can be hoisted or skipped;
     the scaling and the max are a pass over (m, k) and (m, n), small against the product's 2 m k n.
     """
-    key_a, key_b = jax.random.split(jax.random.PRNGKey(0))
+    key_a, key_b = jax.random.split(jax.random.key(0))
     a, b = jax.random.normal(key_a, (m, k)), jax.random.normal(key_b, (k, n))
 
     @functools.partial(jax.jit, static_argnums=2)
@@ -90,12 +92,13 @@ def matmul_rate(m, k, n, seconds=0.5):
     start = time.perf_counter()
     products(a, b, 1).block_until_ready()
     count = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
-    seconds_per_product = reporting.median_seconds(lambda: products(a, b, count).block_until_ready(), repeats=5)[0] / count
+    seconds = reporting.median_seconds(lambda: products(a, b, count).block_until_ready(), repeats=5)[0]
+    seconds_per_product = seconds / count
     return 2 * m * k * n / seconds_per_product
 
 
 def pytorch_epochs(train_images, train_labels, test_images, epochs, threads):
-    """The same network, loss and SGD step in PyTorch -> (median epoch s, median eval s)."""
+    """The same network, loss and SGD step in PyTorch -> (epoch seconds, eval seconds), one of each per epoch."""
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(784, 512), torch.nn.ReLU(), torch.nn.Linear(512, 512),
@@ -121,154 +124,195 @@ def pytorch_epochs(train_images, train_labels, test_images, epochs, threads):
                 [model(part.float()).argmax(1) for part in chunk.split(mlp_mnist.EVAL_CHUNK)]
         eval_times.append(time.perf_counter() - start)
     torch.set_num_threads(1)
-    return statistics.median(epoch_times), statistics.median(eval_times)
+    return epoch_times, eval_times
 
 
-def evaluation_by_chunk(train_set, test_set, chunks, repeats):
-    """-> {chunk: median seconds of mlp_mnist's evaluation of all 70,000 images, `chunk` at a time}."""
-    params = init_params(jax.random.PRNGKey(0))
+def evaluation_seconds(train_set, test_set, chunk, repeats):
+    """Median seconds of mlp_mnist's evaluation of every training and test image, `chunk` images per call."""
+    params = init_params(jax.random.key(0))
     images = [jax.device_put(s.data.numpy()) for s in (train_set, test_set)]
-    return {chunk: reporting.median_seconds(lambda: [mlp_mnist.predict_all(params, i, chunk=chunk) for i in images], repeats)[0]
-            for chunk in chunks}
+    default, mlp_mnist.EVAL_CHUNK = mlp_mnist.EVAL_CHUNK, chunk  # the one knob this measurement turns
+    try:
+        return reporting.median_seconds(
+            lambda: [mlp_mnist.predict_all(mlp_mnist.predicted_digits, params, i) for i in images], repeats)[0]
+    finally:
+        mlp_mnist.EVAL_CHUNK = default
+
+
+def spread(values):
+    """-> dict(median, min, max) of a list of numbers."""
+    return dict(median=statistics.median(values), min=min(values), max=max(values))
+
+
+def measure(args, train_set, test_set, result, say):
+    """Every measurement of the module docstring, in order, into `result` (a dict filled as it goes)."""
+    shapes = matmul_shapes()
+    train_flops, forward_flops = flops_per_image(shapes)
+    n, n_eval = len(train_set), len(train_set) + len(test_set)
+    result.update(train_images=n, eval_images=n_eval, epoch_gflop=n * train_flops / 1e9,
+                  eval_gflop=n_eval * forward_flops / 1e9)
+    say(f"FLOP count: each matmul (m, k) @ (k, n) costs 2 m k n; per image {train_flops / 1e6:.3f} MFLOP to train, "
+        f"{forward_flops / 1e6:.3f} MFLOP forward; one epoch of {n:,} images {result['epoch_gflop']:.1f} GFLOP, "
+        f"evaluation of {n_eval:,} images {result['eval_gflop']:.1f} GFLOP")
+    rates = {name: [] for name, *_ in shapes}
+
+    def measure_rates():
+        for name, m, k, n in shapes:
+            rates[name].append(matmul_rate(m, k, n) / 1e9)
+        result["matmul_gflops"] = {name: spread(values) for name, values in rates.items()}
+
+    measure_rates()
+    result["matmul_2048_gflops"] = matmul_rate(2048, 2048, 2048, seconds=2) / 1e9
+
+    parser = mlp_mnist.build_parser()
+    config = reporting.resolve_hyperparameters(parser, vars(parser.parse_args(
+        ["--optimizer", "sgd", "--epochs", str(args.timed_epochs + 1)])))
+    quiet = lambda line: None  # noqa: E731
+
+    def epochs_of(run, key="train_seconds"):
+        if run["status"] == "interrupted":
+            raise KeyboardInterrupt  # the loop caught Ctrl-C; this measurement is not whole: stop here
+        return [r[key] for r in run["records"][1:]]  # epoch 1 is not timed: it warms caches and the allocator
+
+    say(f"\nthe DataLoader path (mlp_mnist.train, sgd, {args.timed_epochs} timed epochs after one untimed) ...")
+    run = mlp_mnist.train(config, train_set, test_set, log=quiet)
+    result.update(torch_loader_epoch_s=spread(epochs_of(run)),
+                  torch_loader_eval_s=spread(epochs_of(run, "eval_seconds")),
+                  first_compile_s=run["compile_seconds"])
+    say("the same run again, another lr and seed: its compile seconds ...")
+    again = mlp_mnist.train(dict(config, lr=0.02, seed=1, epochs=1), train_set, test_set, log=quiet)
+    epochs_of(again)  # (interrupted?)
+    result["second_compile_s"] = again["compile_seconds"]
+    say("the device loader ...")
+    run = mlp_mnist.train(dict(config, loader="device"), train_set, test_set, log=quiet)
+    result.update(device_epoch_s=spread(epochs_of(run)), device_compile_s=run["compile_seconds"])
+    say("the DataLoader alone: one epoch of its batches, no training ...")
+    loader = mnist_data.train_loader(train_set, BATCH, seed=0)
+    result["loader_alone_epoch_s"] = reporting.median_seconds(
+        lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.timed_epochs)[0]
+
+    held_out = n // VAL_SHARE
+    fifty, val_set = train_set.rows(0, n - held_out), train_set.rows(n - held_out, n)
+    say(f"one model and many models (many_models.py) on the same {len(fifty):,} images ...")
+    run = mlp_mnist.train(dict(config, loader="device", val_size=held_out), fifty, test_set, val_set, log=quiet)
+    result["vmap"] = dict(images=len(fifty), one_model_epoch_s=spread(epochs_of(run)), models={})
+    for count in args.vmap_models:
+        runs = many_models.train_many([dict(config, seed=seed, val_size=held_out) for seed in range(count)], fifty,
+                                      test_set, val_set, log=quiet)
+        per_model = [s / count for s in epochs_of(runs[0])]
+        result["vmap"]["models"][str(count)] = dict(
+            epoch_s=spread(epochs_of(runs[0])), per_model_epoch_s=spread(per_model),
+            per_model_over_one=statistics.median(per_model) / result["vmap"]["one_model_epoch_s"]["median"],
+            compile_s=runs[0]["compile_seconds"])
+        say(f"  {count} models: per model {statistics.median(per_model):.3f} s an epoch")
+
+    say(f"evaluation of {n_eval:,} images in chunks of {mlp_mnist.EVAL_CHUNK:,} and of 10,000 ...")
+    result["eval_chunk_s"] = {str(chunk): evaluation_seconds(train_set, test_set, chunk, args.timed_epochs)
+                              for chunk in (mlp_mnist.EVAL_CHUNK, 10_000)}
+    say(f"PyTorch equivalent ({args.pytorch_threads} threads, {args.timed_epochs} timed epochs after one untimed) ...")
+    epoch_times, eval_times = pytorch_epochs(train_set.data.numpy(), train_set.targets.numpy(), test_set.data.numpy(),
+                                             args.timed_epochs + 1, args.pytorch_threads)
+    result.update(pytorch_epoch_s=spread(epoch_times[1:]), pytorch_eval_s=spread(eval_times[1:]),
+                  pytorch_threads=args.pytorch_threads)
+    say("the matmul rates again, at the end of the run: their spread ...")
+    measure_rates()
+    if jax.devices()[0].platform == "cpu":
+        floor = sum(2 * m * k * n / (1e9 * result["matmul_gflops"][name]["median"]) for name, m, k, n in shapes)
+        lowest = sum(2 * m * k * n / (1e9 * result["matmul_gflops"][name]["max"]) for name, m, k, n in shapes)
+        highest = sum(2 * m * k * n / (1e9 * result["matmul_gflops"][name]["min"]) for name, m, k, n in shapes)
+        steps = n / BATCH
+        result["shape_floor_epoch_s"] = dict(median=floor * steps, min=lowest * steps, max=highest * steps)
+        result["floor_2048_epoch_s"] = result["epoch_gflop"] / result["matmul_2048_gflops"]
+    result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def ratio(result, a, b):
+    """The ratio of two median times of `result`, with the range from the fastest and slowest epochs."""
+    x, y = result[a], result[b]
+    return f"{x['median'] / y['median']:.2f}x (range {x['min'] / y['max']:.2f} to {x['max'] / y['min']:.2f})"
+
+
+def table(result):
+    """What the script prints: the rates, then the times and the ratios measured in this run."""
+    r = result
+    lines = [r["header"], "", f"{'matmul':<14} {'m x k x n':>17} {'GFLOP/s median (min - max over repeats)':>40}"]
+    for name, m, k, n in matmul_shapes():
+        g = r["matmul_gflops"][name]
+        lines.append(f"{name:<14} {f'{m}x{k}x{n}':>17} {g['median']:>12.1f}  ({g['min']:.1f} - {g['max']:.1f})")
+    lines.append(f"{'large':<14} {'2048x2048x2048':>17} {r['matmul_2048_gflops']:>12.1f}")
+    seconds = lambda key: (f"{r[key]['median']:8.3f} s  (epochs: {r[key]['min']:.3f} - {r[key]['max']:.3f})"  # noqa: E731
+                           if key in r else "-")
+    lines += ["", "seconds per epoch, median over the timed epochs (their range):",
+              f"  DataLoader path (mlp_mnist default): {seconds('torch_loader_epoch_s')}",
+              f"  device loader:                       {seconds('device_epoch_s')}",
+              f"  PyTorch ({r['pytorch_threads']} threads):                {seconds('pytorch_epoch_s')}",
+              f"  the DataLoader alone, no training:   {r['loader_alone_epoch_s']:8.3f} s"]
+    if "shape_floor_epoch_s" in r:
+        lines += [f"  shape floor (each matmul at its own rate): {seconds('shape_floor_epoch_s')} from the rates' "
+                  "range", f"  2048 floor (every matmul at the 2048 rate): {r['floor_2048_epoch_s']:.3f} s"]
+    lines += ["", "ratios measured in this run:",
+              f"  DataLoader path / device loader: {ratio(r, 'torch_loader_epoch_s', 'device_epoch_s')}",
+              f"  PyTorch / device loader:         {ratio(r, 'pytorch_epoch_s', 'device_epoch_s')}",
+              f"  PyTorch / DataLoader path:       {ratio(r, 'pytorch_epoch_s', 'torch_loader_epoch_s')}"]
+    if "shape_floor_epoch_s" in r:
+        lines.append(f"  device loader / shape floor:     {ratio(r, 'device_epoch_s', 'shape_floor_epoch_s')}")
+    lines += ["", f"many models as one program, on {r['vmap']['images']:,} images: one model's device epoch "
+                  f"{r['vmap']['one_model_epoch_s']['median']:.3f} s"]
+    for count, v in r["vmap"]["models"].items():
+        lines.append(f"  {count:>3} models: {v['epoch_s']['median']:.3f} s an epoch, "
+                     f"{v['per_model_epoch_s']['median']:.3f} s "
+                     f"per model = {v['per_model_over_one']:.2f}x one model's; compiled in {v['compile_s']:.2f} s")
+    lines += ["", f"compile seconds: first run {r['first_compile_s']:.3f}, a second run with another lr and seed "
+                  f"{r['second_compile_s']:.3f}, the device epoch {r['device_compile_s']:.3f}",
+              f"evaluation of {r['eval_images']:,} images: " + ", ".join(f"chunks of {int(c):,}: {s:.3f} s"
+                                                          for c, s in r["eval_chunk_s"].items())
+              + f"; the DataLoader path's evaluation {r['torch_loader_eval_s']['median']:.3f} s, PyTorch's "
+                f"{r['pytorch_eval_s']['median']:.3f} s",
+              f"peak memory of this process: {r['peak_memory_mb']:.0f} MB"]
+    return "\n".join(lines)
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description="Training speed of mlp_mnist.py against the matmul floor and PyTorch.")
-    p.add_argument("--epochs", type=mlp_mnist.positive_int, default=5,
-                   help="epochs timed for the project and for PyTorch; medians are reported (default: %(default)s)")
-    mlp_mnist.add_data_dir_argument(p)
-    p.add_argument("--torch-threads", type=mlp_mnist.positive_int, default=os.cpu_count(),
-                   help="threads for the PyTorch baseline (default: all cores, %(default)s)")
-    p.add_argument("--json", action="store_true", help="print the results as JSON")
+    argv = reporting.record_command(__file__, argv)
+    p = argparse.ArgumentParser(description="Training speed of mlp_mnist.py against the matmul floor, many models "
+                                            "as one program, and PyTorch.",
+                                epilog="Exit status: 0 done, 2 bad input or a disk error, 130 interrupted.")
+    p.add_argument("--timed-epochs", type=reporting.positive_int, default=4,
+                   help="epochs timed for each training path, after one untimed epoch each; medians and ranges are "
+                        "reported (default: %(default)s)")
+    p.add_argument("--vmap-models", type=reporting.positive_int, nargs="+", default=[3, 10], metavar="S",
+                   help="how many models to train as one program, each count timed against one model "
+                        "(default: 3 10)")
+    p.add_argument("--pytorch-threads", type=reporting.positive_int, default=os.cpu_count(),
+                   help="threads of the PyTorch baseline (default: all cores, %(default)s)")
+    reporting.add_flags(p, "--data-dir", "--json", "--out")
     args = p.parse_args(argv)
-    say = (lambda *a: None) if args.json else print
-    train_set, test_set = mlp_mnist.load_data_or_exit(p, args.data_dir)  # fail fast on bad data
-
-    device = jax.devices()[0]
-    on_cpu = device.platform == "cpu"
-    shapes = matmul_shapes()
-    train_flops, forward_flops = flops_per_image(shapes)
-    epoch_flops, eval_flops = TRAIN_IMAGES * train_flops, (TRAIN_IMAGES + TEST_IMAGES) * forward_flops
-    machine = reporting.machine()
-    say(f"device {device}, jax {jax.__version__}, torch {torch.__version__}; {machine['cpu_model']}, "
-        f"{machine['cpu_count']} cores, {machine['memory_gb']} GB; AVX-512: "
-        f"{'yes' if 'avx512f' in (machine['cpu_flags'] or '').split() else 'no'}\n")
-    say("FLOP count: each matmul (m, k) @ (k, n) costs 2 m k n; a step's matmuls for a batch of 128:")
-    say(f"  {'matmul':<14} {'m x k x n':>17} {'MFLOP':>8} {'XLA GFLOP/s':>12}")
-
-    rates = {}
-    for name, m, k, n in shapes:
-        rates[name] = matmul_rate(m, k, n)
-        say(f"  {name:<14} {f'{m}x{k}x{n}':>17} {2 * m * k * n / 1e6:8.1f} {rates[name] / 1e9:12.1f}")
-    big_rate = matmul_rate(2048, 2048, 2048, seconds=2)
-    say(f"  {'large':<14} {'2048x2048x2048':>17} {2 * 2048**3 / 1e6:8.0f} {big_rate / 1e9:12.1f}")
-    shape_floor_step = sum(2 * m * k * n / rates[name] for name, m, k, n in shapes)
-    eval_rates = {name: matmul_rate(mlp_mnist.EVAL_CHUNK, k, n) for name, _, k, n in shapes if name.startswith("forward")}
-    say("  evaluation, in chunks of " + f"{mlp_mnist.EVAL_CHUNK:,} images: " + ", ".join(
-        f"{name} {mlp_mnist.EVAL_CHUNK}x{k}x{n} {eval_rates[name] / 1e9:.1f}" for name, _, k, n in shapes
-        if name in eval_rates) + " GFLOP/s")
-    forward_floor_chunk = sum(2 * mlp_mnist.EVAL_CHUNK * k * n / eval_rates[name]
-                              for name, _, k, n in shapes if name in eval_rates)
-    say(f"  per image: {train_flops / 1e6:.3f} MFLOP to train (forward, weight and input gradients), "
-        f"{forward_flops / 1e6:.3f} MFLOP forward")
-    say(f"  one epoch: 60,000 x {train_flops / 1e6:.3f} M = {epoch_flops / 1e9:.1f} GFLOP; evaluation: "
-        f"70,000 x {forward_flops / 1e6:.3f} M = {eval_flops / 1e9:.1f} GFLOP\n")
-
+    args.out = args.out or reporting.default_out_dir("train_speed")
     torch.set_num_threads(1)  # as mlp_mnist.main does
-    config = mlp_mnist.resolve_config(mlp_mnist.build_parser().parse_args(
-        ["--optimizer", "sgd", "--epochs", str(args.epochs), "--data-dir", args.data_dir]))
-    say(f"the project's training (mlp_mnist.train, sgd, {args.epochs} epochs, --loader torch):")
-    run = mlp_mnist.train(config, train_set, test_set, log=lambda line: say("  " + line))
-    project_epoch = statistics.median(r["train_seconds"] for r in run["records"])
-    project_eval = statistics.median(r["eval_seconds"] for r in run["records"])
-
-    say(f"\nthe same, --loader device ({args.epochs} epochs):")
-    device_run = mlp_mnist.train(dict(config, loader="device"), train_set, test_set, log=lambda line: say("  " + line))
-    device_epoch = statistics.median(r["train_seconds"] for r in device_run["records"])
-
-    say(f"\n{len(VMAP_SEEDS)} seeds at once (many_models.train_many, {args.epochs} epochs):")
-    seed_runs = many_models.train_many([dict(config, seed=seed) for seed in VMAP_SEEDS], train_set, test_set,
-                                       log=lambda line: say("  " + line))
-    vmap_epoch = statistics.median(r["train_seconds"] for r in seed_runs[0]["records"])
-
-    say("\nten epochs of the device loader, setup and compilation included, as one timed run ...")
-    start = time.perf_counter()
-    ten_run = mlp_mnist.train(dict(config, loader="device", epochs=10), train_set, test_set, log=lambda line: None)
-    ten_epochs_seconds = time.perf_counter() - start
-    assert ten_run["status"] == "completed", ten_run["status"]
-
-    say("\nthe DataLoader alone: one epoch of batches, no training ...")
-    loader = mnist_data.train_loader(train_set, BATCH, seed=0)
-    loader_epoch, _ = reporting.median_seconds(lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.epochs)
-
-    say("\nevaluation of 70,000 images in chunks of 2,000 and of 10,000 ...")
-    chunk_seconds = evaluation_by_chunk(train_set, test_set, (mlp_mnist.EVAL_CHUNK, 10_000), args.epochs)
-
-    say(f"\nPyTorch equivalent ({args.torch_threads} threads, {args.epochs} epochs) ...")
-    torch_epoch, torch_eval = pytorch_epochs(train_set.data.numpy(), train_set.targets.numpy(),
-                                             test_set.data.numpy(), args.epochs, args.torch_threads)
-
-    result = dict(device=str(device), jax=jax.__version__, torch=torch.__version__, cpu_cores=os.cpu_count(),
-                  machine=machine,
-                  epoch_gflop=epoch_flops / 1e9, eval_gflop=eval_flops / 1e9,
-                  matmul_gflops={name: r / 1e9 for name, r in rates.items()}, matmul_2048_gflops=big_rate / 1e9,
-                  project_compile_s=run["compile_seconds"], project_epoch_s=project_epoch,
-                  project_eval_s=project_eval, pytorch_epoch_s=torch_epoch, pytorch_eval_s=torch_eval,
-                  pytorch_threads=args.torch_threads, pytorch_over_project=torch_epoch / project_epoch,
-                  loader_epoch_s=loader_epoch,
-                  device_compile_s=device_run["compile_seconds"], device_epoch_s=device_epoch,
-                  device_ten_epochs_measured_s=ten_epochs_seconds,
-                  project_over_device=project_epoch / device_epoch, pytorch_over_device=torch_epoch / device_epoch,
-                  vmap_seeds=len(VMAP_SEEDS), vmap_epoch_s=vmap_epoch, vmap_per_seed_epoch_s=vmap_epoch / len(VMAP_SEEDS),
-                  vmap_per_seed_over_device=vmap_epoch / len(VMAP_SEEDS) / device_epoch,
-                  eval_chunk_s={str(chunk): seconds for chunk, seconds in chunk_seconds.items()},
-                  peak_memory_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    if on_cpu:
-        result.update(floor_epoch_s=epoch_flops / big_rate, floor_eval_s=eval_flops / big_rate,
-                      shape_floor_epoch_s=shape_floor_step * TRAIN_IMAGES / BATCH,
-                      shape_floor_eval_s=forward_floor_chunk * (TRAIN_IMAGES + TEST_IMAGES) / mlp_mnist.EVAL_CHUNK)
-        result.update(epoch_over_floor=project_epoch / result["floor_epoch_s"],
-                      device_epoch_over_floor=device_epoch / result["floor_epoch_s"],
-                      device_epoch_over_shape_floor=device_epoch / result["shape_floor_epoch_s"],
-                      eval_over_floor=project_eval / result["floor_eval_s"],
-                      epoch_over_shape_floor=project_epoch / result["shape_floor_epoch_s"],
-                      eval_over_shape_floor=project_eval / result["shape_floor_eval_s"])
-
-    if args.json:
-        print(json.dumps(result, indent=2))
-        return
-    r = result
-    print(f"\n{'':<34} {'seconds':>8} {'floor (2048)':>13} {'/ floor':>8} {'shape floor':>12} {'/ shape':>8}")
-    for label, key in (("torch loader: training epoch", "epoch"), ("evaluation (70,000)", "eval")):
-        seconds = r[f"project_{key}_s"]
-        if on_cpu:
-            print(f"{label:<34} {seconds:8.3f} {r[f'floor_{key}_s']:13.3f} {r[f'{key}_over_floor']:7.2f}x "
-                  f"{r[f'shape_floor_{key}_s']:12.3f} {r[f'{key}_over_shape_floor']:7.2f}x")
-        else:
-            print(f"{label:<34} {seconds:8.3f}")
-    print(f"{'torch loader: compile (apart)':<34} {r['project_compile_s']:8.3f}")
-    print(f"{'the DataLoader alone, no training':<34} {r['loader_epoch_s']:8.3f}")
-    seconds = r["device_epoch_s"]
-    print(f"{'device loader: training epoch':<34} {seconds:8.3f}" + (
-        f" {r['floor_epoch_s']:13.3f} {r['device_epoch_over_floor']:7.2f}x {r['shape_floor_epoch_s']:12.3f} "
-        f"{r['device_epoch_over_shape_floor']:7.2f}x" if on_cpu else ""))
-    print(f"{'device loader: compile (apart)':<34} {r['device_compile_s']:8.3f}")
-    print(f"{f'{len(VMAP_SEEDS)} vmapped seeds: epoch of all':<34} {r['vmap_epoch_s']:8.3f}")
-    print(f"{f'{len(VMAP_SEEDS)} vmapped seeds: per seed':<34} {r['vmap_per_seed_epoch_s']:8.3f}   "
-          f"per seed / device loader = {r['vmap_per_seed_over_device']:.2f}x")
-    print(f"{'PyTorch: training epoch':<34} {r['pytorch_epoch_s']:8.3f}")
-    print(f"{'PyTorch: evaluation (70,000)':<34} {r['pytorch_eval_s']:8.3f}")
-    for chunk, chunk_s in r["eval_chunk_s"].items():
-        print(f"{f'evaluation in chunks of {int(chunk):,}':<34} {chunk_s:8.3f}")
-    print(f"\nepoch: DataLoader path / device loader = {r['project_over_device']:.2f}x, PyTorch / device loader = "
-          f"{r['pytorch_over_device']:.2f}x, PyTorch / DataLoader path = {r['pytorch_over_project']:.2f}x")
-    print(f"device loader, 10 epochs with setup and compilation, measured as one run: "
-          f"{r['device_ten_epochs_measured_s']:.2f} s")
-    print(f"peak memory of this process: {r['peak_memory_mb']:.0f} MB")
-    if on_cpu:
-        print("floor (2048): the epoch's FLOP at the 2048x2048 matmul rate; shape floor: each of the step's "
-              "matmuls at the rate XLA reaches on that shape alone")
+    train_set, _, test_set = reporting.load_data_or_exit(p, args)
+    machine = reporting.machine()
+    avx512 = "yes" if "avx512f" in (machine["cpu_flags"] or "").split() else "no"
+    result = dict(status="partial", device=str(jax.devices()[0]),
+                  header=f"device {jax.devices()[0]}, jax {jax.__version__}, torch {torch.__version__}; "
+                         f"{machine['cpu_model']}, {machine['cpu_count']} cores, {machine['memory_gb']} GB; "
+                         f"AVX-512: {avx512}")
+    say = (lambda line: None) if args.json else (lambda line: print(line, flush=True))
+    say(result["header"] + "\n")
+    try:
+        measure(args, train_set, test_set, result, say)
+        result["status"] = "completed"
+    except KeyboardInterrupt:
+        pass
+    text = table(result) if result["status"] == "completed" else json.dumps(result, indent=2)
+    reporting.write_or_fail(args.out, lambda out: (reporting.write_json(f"{out}/train_speed.json", result),
+                                                   reporting.write_text(f"{out}/table.txt", text)),
+                            "the files written before it are complete")
+    if result["status"] != "completed":
+        print(f"interrupted: {args.out}/train_speed.json holds what was measured, marked partial", file=sys.stderr)
+        sys.exit(reporting.EXIT_INTERRUPTED)
+    print(json.dumps(result, indent=2) if args.json else "\n" + text)
+    print(f"wrote {args.out}/train_speed.json, table.txt", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    main()
+    reporting.run_script(main)

@@ -7,7 +7,8 @@ import sys
 import matplotlib.image
 import pytest
 
-from conftest import ROOT
+import mlp_mnist
+from conftest import ROOT, offline_env
 
 SHORT_RUN = ["--optimizer", "adam", "--epochs", "1", "--train-subset", "4000", "--seed", "0"]
 
@@ -19,10 +20,9 @@ def run_cli(*args, env=None):
 
 @pytest.fixture(scope="module")
 def short_runs(mnist_dir, tmp_path_factory):
-    """The same short run twice, into two fresh --out folders."""
-    outs = [tmp_path_factory.mktemp("run") / "out" for _ in range(2)]
-    results = [run_cli(*SHORT_RUN, "--data-dir", mnist_dir, "--out", str(out)) for out in outs]
-    return list(zip(results, outs))
+    """A short run as a user starts it (a subprocess), into a fresh --out folder."""
+    out = tmp_path_factory.mktemp("run") / "out"
+    return [(run_cli(*SHORT_RUN, "--data-dir", mnist_dir, "--out", str(out)), out)]
 
 
 def test_short_run_learns_and_writes_metrics(short_runs, mnist_dir):
@@ -34,42 +34,56 @@ def test_short_run_learns_and_writes_metrics(short_runs, mnist_dir):
     config = metrics["config"]
     assert config["optimizer"] == "adam" and config["lr"] == 0.001  # the README's lr for adam
     assert config["batch_size"] == 128 and config["train_subset"] == 4000 and config["data_dir"] == mnist_dir
-    for key in ("jax", "jaxlib", "torch", "device"):
-        assert metrics["environment"][key]
+    for key in ("jax", "jaxlib", "torch", "numpy"):
+        assert metrics["provenance"]["versions"][key]
+    assert metrics["provenance"]["device"]["name"] and metrics["provenance"]["code"]["files"]["mlp_mnist.py"]
     (record,) = metrics["epochs"]
     assert set(record) == {"epoch", "train_seconds", "eval_seconds", "train_loss", "train_accuracy",
                            "val_accuracy", "test_accuracy"}
     assert record["val_accuracy"] is None  # no validation split unless asked for
-    assert metrics["environment"]["cpu_count"] >= 1 and metrics["environment"]["memory_gb"]
+    assert metrics["provenance"]["machine"]["cpu_count"] >= 1 and metrics["provenance"]["machine"]["memory_gb"]
+    assert config["optimizer"] == "adam" and {"beta1", "beta2", "eps"} <= set(config) and "mu" not in config
     assert record["test_accuracy"] > 0.85 and record["train_accuracy"] > 0.85
     assert 0 < record["train_loss"] < 0.15 and record["train_seconds"] > 0
     # the printed line carries the same numbers
     assert f"{100 * record['test_accuracy']:.2f}%" in result.stdout
+    log = (out / "log.txt").read_text()
+    assert f"{100 * record['test_accuracy']:.2f}%" in log and "provenance" in log.splitlines()[-1]
     for png in ("curves.png", "confusion.png", "misclassified.png"):
         image = matplotlib.image.imread(out / png)
         assert image.ndim == 3 and image.shape[0] > 100
 
 
-def test_same_seed_same_metrics(short_runs):
-    def numbers(out):
-        records = json.loads((out / "metrics.json").read_text())["epochs"]
+@pytest.mark.parametrize("loader", ["torch", "device"])
+def test_same_seed_same_metrics_and_another_seed_other_metrics(fake_dir, tmp_path, capsys, loader):
+    """mlp_mnist.py twice with --seed 0 and once with --seed 1: the same numbers, then other numbers (a --seed that
+    were ignored would pass the first check, not the second)."""
+    def numbers(seed, name):
+        mlp_mnist.main(["--epochs", "2", "--seed", seed, "--loader", loader, "--data-dir", fake_dir, "--out",
+                        str(tmp_path / name)])
+        records = json.loads((tmp_path / name / "metrics.json").read_text())["epochs"]
         return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
 
-    (first, out1), (second, out2) = short_runs
-    assert first.returncode == 0 and second.returncode == 0
-    assert numbers(out1) == numbers(out2)
+    first, again, other = numbers("0", "a"), numbers("0", "b"), numbers("1", "c")
+    assert first == again
+    assert [r["train_loss"] for r in other] != [r["train_loss"] for r in first]
+    capsys.readouterr()
 
 
 def test_help_explains_every_flag():
+    """Every flag is in --help with its own help text, which gives its default."""
     result = run_cli("--help")
     assert result.returncode == 0
-    import mlp_mnist
 
-    flags = [option for action in mlp_mnist.build_parser()._actions for option in action.option_strings]
-    assert {"--loader", "--val-size", "--optimizer", "--lr", "--out"} <= set(flags)
-    for flag in flags:  # every flag the parser has, --loader and --val-size included
-        assert flag in result.stdout
-    assert "adam 0.001" in result.stdout  # the per-optimizer default learning rates
+    printed = " ".join(result.stdout.split())  # argparse wraps lines
+    actions = [a for a in mlp_mnist.build_parser()._actions if a.option_strings and a.dest != "help"]
+    assert {"--loader", "--val-size", "--optimizer", "--lr", "--out"} <= {a.option_strings[0] for a in actions}
+    for action in actions:
+        assert action.help and "default" in action.help, action.option_strings
+        assert action.option_strings[0] in printed
+        words = " ".join(action.help.split()).split("%(")[0][:40]
+        assert words in printed, action.option_strings  # its own words are shown
+    assert "adam 0.001" in printed  # the per-optimizer default learning rates
 
 
 def test_data_dir_from_environment(mnist_dir, tmp_path):
@@ -78,8 +92,6 @@ def test_data_dir_from_environment(mnist_dir, tmp_path):
     The network is made unreachable here (a proxy on a closed local port), so that online, too,
     torchvision's download fails instead of filling the folder.
     """
-    from test_errors import offline_env
-
     env = dict(offline_env(), MNIST_DATA_DIR=str(tmp_path / "nothing-here"))
     result = run_cli("--epochs", "1", env=env)
     assert result.returncode == 2
@@ -89,9 +101,7 @@ def test_data_dir_from_environment(mnist_dir, tmp_path):
     assert "--data-dir" in lines[0] and "download failed" in lines[0]
 
 
-def test_piece_sizes_cover_every_image_once():
-    import mlp_mnist
-
+def test_piece_sizes_are_the_shapes_a_split_falls_into():
     assert mlp_mnist.piece_sizes(60000, 128) == [96, 128]  # 468 full batches and one of 96
     assert mlp_mnist.piece_sizes(256, 128) == [128]
     assert mlp_mnist.piece_sizes(100, 128) == [100]

@@ -2,7 +2,6 @@
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 
@@ -17,7 +16,7 @@ from conftest import ROOT
 def tiny_comparison(mnist_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("compare") / "results"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "compare_optimizers.py"),
-                             "--configs", "sgd", "adam:lr=0.0005", "--seeds", "3", "--epochs", "1",
+                             "--configs", "sgd", "adam:lr=0.0005", "--seeds", "3", "4", "--epochs", "1",
                              "--train-subset", "2000", "--data-dir", mnist_dir, "--out", str(out)],
                             capture_output=True, text=True, cwd=ROOT, timeout=600)
     return result, out
@@ -30,26 +29,28 @@ def test_tiny_comparison_writes_summary_table_and_curves(tiny_comparison):
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["total_seconds"] > 0
     assert [(r["label"], r["seed"], r["status"]) for r in summary["runs"]] == [
-        ("sgd", 3, "completed"), ("adam lr=0.0005", 3, "completed")]
-    assert summary["runs"][1]["config"]["lr"] == 0.0005 and summary["runs"][1]["config"]["optimizer"] == "adam"
+        ("sgd", 3, "completed"), ("sgd", 4, "completed"), ("adam lr=0.0005", 3, "completed"),
+        ("adam lr=0.0005", 4, "completed")]
+    assert summary["runs"][2]["config"]["lr"] == 0.0005 and summary["runs"][2]["config"]["optimizer"] == "adam"
+    assert "mu" not in summary["runs"][0]["config"] and summary["runs"][2]["config"]["eps"] == 1e-8
     for run in summary["runs"]:
         assert len(run["records"]) == 1 and run["config"]["train_subset"] == 2000
     table = (out / "summary.md").read_text().splitlines()
-    assert table[0].startswith("| optimizer |") and len(table) == 4
-    assert table[3].startswith("| adam lr=0.0005 | 0.0005 | 1 |")
+    assert table[0].startswith("| optimizer |") and table[3].startswith("| adam lr=0.0005 | 0.0005 | 2 |")
     image = matplotlib.image.imread(out / "curves.png")
     assert image.ndim == 3 and image.shape[0] > 100
     assert os.path.getsize(out / "curves.png") < 200_000
 
 
 def test_summary_statistics_come_from_the_records(tiny_comparison):
+    """Two seeds: the mean is their midpoint and the sample std |a - b| / sqrt(2), worked out here by hand."""
     _, out = tiny_comparison
     summary = json.loads((out / "summary.json").read_text())
     for label, row in summary["summary"].items():
-        runs = [r for r in summary["runs"] if r["label"] == label]
-        final_test = [r["records"][-1]["test_accuracy"] for r in runs]
-        assert row["test_accuracy_mean"] == pytest.approx(statistics.fmean(final_test))
-        assert row["test_accuracy_std"] is None  # one seed: no spread to report
+        a, b = (r["records"][-1]["test_accuracy"] for r in summary["runs"] if r["label"] == label)
+        assert a != b  # two seeds, two different models: the statistics below are not the values themselves
+        assert row["test_accuracy_mean"] == pytest.approx((a + b) / 2)
+        assert row["test_accuracy_std"] == pytest.approx(abs(a - b) / 2 ** 0.5)
 
 
 def fake_run(label, seed, test_accuracies, seconds=1.0, status="completed", val=False):
@@ -68,9 +69,32 @@ def test_mean_and_std_over_seeds():
     assert summary["a"]["epoch_seconds_mean"] == pytest.approx(1.5)  # each run: epochs of 1 s and 2 s
     assert summary["b"]["test_accuracy_std"] is None and summary["a"]["val_accuracy_mean"] is None
     table = compare_optimizers.markdown_table(summary)
-    assert "| a | 0.1 | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | 1.50 ± 0.00 |" in table
-    assert "| b | 0.1 | 1 | 70.00 | 70.00 |" in table
+    assert "| a | 0.1 | 3 | 94.00 ± 4.00 | 94.00 ± 4.00 | the best | 1.50 ± 0.00 |" in table
+    assert "| b | 0.1 | 1 | 70.00 | 70.00 | too few seeds to say |" in table  # one common seed: b - a = -0.2
+    assert summary["b"]["against_best"]["mean"] == pytest.approx(0.7 - 0.9)
     assert "val accuracy" not in table  # no validation split: no column
+
+
+def test_paired_differences_and_their_verdicts():
+    """Worked by hand: b - a over seeds 0, 1, 2 is 0.01, 0.02, 0.03: mean 0.02, sample std 0.01, and the 95%
+    interval 0.02 ± 4.303 x 0.01 / sqrt(3) = [-0.00484, 0.04484]: it holds 0, so no verdict. With 0.019,
+    0.020, 0.021 the std is 0.001 and the interval [0.01752, 0.02248]: higher."""
+    a = {0: 0.90, 1: 0.90, 2: 0.90, 7: 0.5}  # seed 7 has no partner: left out
+    wide = compare_optimizers.reporting.paired_difference({0: 0.91, 1: 0.92, 2: 0.93}, a)
+    assert wide["seeds"] == [0, 1, 2] and wide["mean"] == pytest.approx(0.02)
+    assert wide["low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3 ** 0.5) and wide["high"] == pytest.approx(
+        0.02 + 4.303 * 0.01 / 3 ** 0.5)
+    assert compare_optimizers.reporting.verdict(wide) == "cannot tell apart: +2.00 [-0.48, +4.48]"
+    narrow = compare_optimizers.reporting.paired_difference({0: 0.919, 1: 0.920, 2: 0.921}, a)
+    assert compare_optimizers.reporting.verdict(narrow) == "higher: +2.00 [+1.75, +2.25]"
+    lower = compare_optimizers.reporting.paired_difference(a, {0: 0.919, 1: 0.920, 2: 0.921})
+    assert compare_optimizers.reporting.verdict(lower).startswith("lower: -2.00")
+
+
+def test_the_t_quantiles_are_students():
+    stats = pytest.importorskip("scipy.stats")
+    for df, quantile in compare_optimizers.reporting.T_975.items():
+        assert quantile == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4)
 
 
 def test_only_seeds_that_completed_every_epoch_are_averaged():
@@ -84,9 +108,18 @@ def test_only_seeds_that_completed_every_epoch_are_averaged():
     assert summary["a"]["val_accuracy_mean"] == pytest.approx(0.91)
     assert summary["a"]["incomplete"] == [dict(seed=2, status="diverged in epoch 3", completed_epochs=2),
                                           dict(seed=3, status="interrupted", completed_epochs=1)]
-    table = compare_optimizers.markdown_table(summary, vmap_seeds=True)
-    assert ("| a (seed 2 diverged in epoch 3; seed 3 interrupted: not averaged) | 0.1 | 2 | 92.00 ± 2.83 | "
-            "91.00 ± 2.83 | 92.00 ± 2.83 | 2.00 |") in table  # vmapped: one program's seconds, no spread
+    table = compare_optimizers.markdown_table(summary, vmap=True)
+    assert ("| a (seed 2 diverged in epoch 3; seed 3 interrupted) | 0.1 | 2 | 92.00 ± 2.83 | "
+            "91.00 ± 2.83 | 92.00 ± 2.83 | the best | 2.00 |") in table  # vmapped: one program's seconds, no spread
+
+
+def test_a_collapse_to_chance_is_marked():
+    """A seed that ends at chance (10%) without a NaN completes, is averaged, and is named in its row."""
+    runs = [fake_run("a", 0, [0.5, 0.95]), fake_run("a", 1, [0.5, 0.10]), fake_run("b", 0, [0.5, 0.97]),
+            fake_run("b", 1, [0.5, 0.96])]
+    summary = compare_optimizers.summarise(runs, epochs=2)
+    assert summary["a"]["collapsed_seeds"] == [1] and summary["b"]["collapsed_seeds"] == []
+    assert "| a (seed 1 collapsed to chance) | 0.1 | 2 |" in compare_optimizers.markdown_table(summary)
 
 
 def test_config_spec():
@@ -94,7 +127,9 @@ def test_config_spec():
         "rmsprop lr=0.0001 rho=0.99", {"optimizer": "rmsprop", "lr": 0.0001, "rho": 0.99})
     assert compare_optimizers.config_spec("sgd") == ("sgd", {"optimizer": "sgd"})
     for bad, named in (("adagrad", "'adagrad'"), ("adam:lr=-1", "'adam:lr=-1': lr: -1 is not"),
-                       ("adam:momentum=0.9", "unknown setting 'momentum'"), ("rmsprop:rho=1", "'rmsprop:rho=1': rho: 1")):
+                       ("adam:momentum=0.9", "unknown setting 'momentum'"), ("rmsprop:rho=1", "'rmsprop:rho=1': rho: 1"),
+                       ("sgd:mu=0.5", "'sgd:mu=0.5': mu: sgd takes no mu \\(it takes lr\\)"),
+                       ("adam:rho=0.9", "adam takes no rho")):
         with pytest.raises(argparse.ArgumentTypeError, match=named):  # the message names the config and the key
             compare_optimizers.config_spec(bad)
 

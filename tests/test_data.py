@@ -7,7 +7,7 @@ import torch
 
 import conftest
 import mnist_data
-from fake_mnist import write_fake_mnist
+from conftest import write_fake_mnist
 from mnist_data import ALL_FILES
 
 TRAIN_LABEL_COUNTS = [5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949]  # ../shared README
@@ -21,7 +21,7 @@ def test_reads_files_written_here_in_every_naming_style(tmp_path, gz, dotted):
     files = mnist_data.locate_mnist(str(tmp_path), download=False)
     assert sorted(files) == sorted(ALL_FILES)
     assert all(path.endswith(".gz") == gz for path in files.values())
-    train_set, test_set = mnist_data.load_mnist(str(tmp_path))
+    train_set, _, test_set = mnist_data.load_mnist(str(tmp_path))
     for dataset, (images, labels) in ((train_set, content["train"]), (test_set, content["test"])):
         assert dataset.data.dtype == torch.uint8 and dataset.targets.dtype == torch.uint8
         np.testing.assert_array_equal(dataset.data.numpy(), images)
@@ -38,7 +38,7 @@ def test_finds_torchvisions_download_layout(tmp_path):
 
 def test_train_subset_keeps_the_first_images(tmp_path):
     content = write_fake_mnist(tmp_path)
-    train_set, _ = mnist_data.load_mnist(str(tmp_path), train_limit=100)
+    train_set, _, _ = mnist_data.load_mnist(str(tmp_path), train_subset=100)
     assert len(train_set) == 100
     np.testing.assert_array_equal(train_set.data.numpy(), content["train"][0][:100])
 
@@ -47,31 +47,31 @@ def test_validation_split_is_the_last_images_whatever_the_subset(tmp_path):
     content = write_fake_mnist(tmp_path, n_train=300)
     images = content["train"][0]
     for subset in (None, 100, 500):
-        train_set, val_set, test_set = mnist_data.load_mnist_splits(str(tmp_path), train_limit=subset, val_size=50)
+        train_set, val_set, test_set = mnist_data.load_mnist(str(tmp_path), train_subset=subset, val_size=50)
         np.testing.assert_array_equal(val_set.data.numpy(), images[250:])  # the last 50, every time
         np.testing.assert_array_equal(train_set.data.numpy(), images[:min(250, subset or 250)])
         assert len(test_set) == 50
-    train_set, val_set, _ = mnist_data.load_mnist_splits(str(tmp_path))
+    train_set, val_set, _ = mnist_data.load_mnist(str(tmp_path))
     assert val_set is None and len(train_set) == 300  # no split: all of them, the recipe's default
     with pytest.raises(mnist_data.DataError, match="--val-size 300"):
-        mnist_data.load_mnist_splits(str(tmp_path), val_size=300)
+        mnist_data.load_mnist(str(tmp_path), val_size=300)
 
 
 def test_real_mnist_files(mnist_dir):
-    train_set, test_set = mnist_data.load_mnist(mnist_dir)
+    train_set, _, test_set = mnist_data.load_mnist(mnist_dir)
     assert tuple(train_set.data.shape) == (60000, 28, 28) and tuple(test_set.data.shape) == (10000, 28, 28)
     assert train_set.data.dtype == torch.uint8 and train_set.targets.dtype == torch.uint8
     assert torch.bincount(train_set.targets.long()).tolist() == TRAIN_LABEL_COUNTS
     assert torch.bincount(test_set.targets.long()).tolist() == TEST_LABEL_COUNTS
     assert int(train_set.data.max()) == 255 and int(train_set.data.min()) == 0
-    # torchvision's own per-item interface still works on the subclass
+    # one item: (image uint8 (28, 28), label)
     image, label = train_set[0]
-    assert image.size == (28, 28) and label == 5
+    assert tuple(image.shape) == (28, 28) and int(label) == 5 and len(train_set) == 60000
 
 
 def test_loader_gives_whole_uint8_batches_in_a_seeded_order(tmp_path):
     write_fake_mnist(tmp_path, n_train=300)
-    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+    train_set, _, _ = mnist_data.load_mnist(str(tmp_path))
 
     def epoch_labels(loader):
         batches = list(loader)
@@ -90,7 +90,7 @@ def test_loader_gives_whole_uint8_batches_in_a_seeded_order(tmp_path):
 
 def test_batches_match_the_images_they_index(tmp_path):
     write_fake_mnist(tmp_path)
-    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+    train_set, _, _ = mnist_data.load_mnist(str(tmp_path))
     images, labels = train_set.__getitems__([5, 0, 7])
     np.testing.assert_array_equal(images.numpy(), train_set.data.numpy()[[5, 0, 7]])
     np.testing.assert_array_equal(labels.numpy(), train_set.targets.numpy()[[5, 0, 7]])
@@ -142,7 +142,7 @@ def test_tests_do_not_skip_a_broken_download(tmp_path, monkeypatch):
 def test_epoch_orders_are_the_data_loaders_batches(tmp_path):
     """The device loader's order (mnist_data.epoch_orders) is the torch DataLoader's, epoch after epoch."""
     write_fake_mnist(tmp_path, n_train=300)
-    train_set, _ = mnist_data.load_mnist(str(tmp_path))
+    train_set, _, _ = mnist_data.load_mnist(str(tmp_path))
     loader = mnist_data.train_loader(train_set, 128, seed=4)
     orders = mnist_data.epoch_orders(300, 128, seed=4)
     for _ in range(3):
@@ -150,3 +150,12 @@ def test_epoch_orders_are_the_data_loaders_batches(tmp_path):
         assert order.dtype == np.int32 and sorted(order) == list(range(300))
         images = torch.cat([batch_images for batch_images, _ in loader]).numpy()
         np.testing.assert_array_equal(images, train_set.data.numpy()[order])
+
+
+def test_the_dataset_uses_no_private_torchvision_api():
+    """mnist_data reads the IDX files itself into a plain torch Dataset; torchvision's MNIST class is used only
+    to download the files, through its public constructor."""
+    assert not issubclass(mnist_data.MNIST, mnist_data.torchvision.datasets.MNIST)
+    source = open(mnist_data.__file__).read()
+    for private in ("_check_exists", "_check_legacy_exist", "_load_data"):
+        assert private not in source

@@ -6,7 +6,7 @@ import numpy as np
 import optax
 import pytest
 
-from train_utils import (LAYER_SIZES, batch_from_uint8, init_params, log_softmax, loss, predict,
+from train_utils import (LAYER_SIZES, batch_from_uint8, batched_predict, init_params, log_softmax, loss, predict,
                          predicted_class, relu)
 
 
@@ -21,7 +21,7 @@ def reference_logits(params, inputs):
 
 @pytest.mark.parametrize("scale", [1.0, 30.0, 1000.0])  # 1000: exp() would overflow if done naively
 def test_log_softmax_matches_jax_nn(scale):
-    logits = scale * jax.random.normal(jax.random.PRNGKey(0), (16, 10))
+    logits = scale * jax.random.normal(jax.random.key(0), (16, 10))
     np.testing.assert_allclose(log_softmax(logits), jax.nn.log_softmax(logits), rtol=1e-6, atol=1e-4)
     assert np.all(np.isfinite(log_softmax(logits)))
 
@@ -40,10 +40,10 @@ def random_batch(key, n=32, sizes=LAYER_SIZES, pixel_scale=255.0):
 
 def test_predict_and_loss_match_jax_nn_and_optax():
     """predict = log_softmax(logits); loss = optax's mean softmax cross-entropy / 10."""
-    params = init_params(jax.random.PRNGKey(1))
-    inputs, targets = random_batch(jax.random.PRNGKey(2))
+    params = init_params(jax.random.key(1))
+    inputs, targets = random_batch(jax.random.key(2))
     logits = reference_logits(params, inputs)
-    np.testing.assert_allclose(predict(params, inputs), jax.nn.log_softmax(logits), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(batched_predict(params, inputs), jax.nn.log_softmax(logits), rtol=1e-5, atol=1e-5)
     expected = jnp.mean(optax.softmax_cross_entropy(logits, targets)) / 10
     np.testing.assert_allclose(loss(params, (inputs, targets)), expected, rtol=1e-5)
 
@@ -53,8 +53,8 @@ def test_loss_gradient_matches_central_finite_differences():
     sizes = (6, 5, 4, 10)
     with jax.enable_x64(True):
         params = jax.tree_util.tree_map(lambda p: p.astype(jnp.float64) * 30,
-                                        init_params(jax.random.PRNGKey(3), sizes))
-        inputs, targets = random_batch(jax.random.PRNGKey(4), n=8, sizes=sizes, pixel_scale=1.0)
+                                        init_params(jax.random.key(3), sizes))
+        inputs, targets = random_batch(jax.random.key(4), n=8, sizes=sizes, pixel_scale=1.0)
         batch = (inputs.astype(jnp.float64), targets.astype(jnp.float64))
         grads = jax.grad(loss)(params, batch)
         flat, unravel = jax.flatten_util.ravel_pytree(params)
@@ -69,13 +69,13 @@ def test_loss_gradient_matches_central_finite_differences():
 
 
 def test_init_params_shapes_scale_and_seed():
-    params = init_params(jax.random.PRNGKey(0))
+    params = init_params(jax.random.key(0))
     assert [(w.shape, b.shape) for w, b in params] == [((784, 512), (512,)), ((512, 512), (512,)),
                                                        ((512, 10), (10,))]
     all_weights = np.concatenate([np.ravel(w) for w, _ in params])
     assert abs(all_weights.std() - 0.01) < 2e-4 and abs(all_weights.mean()) < 2e-4
-    again = init_params(jax.random.PRNGKey(0))
-    other = init_params(jax.random.PRNGKey(1))
+    again = init_params(jax.random.key(0))
+    other = init_params(jax.random.key(1))
     for (w, _), (w2, _), (w3, _) in zip(params, again, other):
         np.testing.assert_array_equal(w, w2)
         assert not np.allclose(w, w3)
@@ -91,8 +91,18 @@ def test_batch_from_uint8_keeps_raw_pixels_and_one_hot_labels():
     np.testing.assert_array_equal(targets, np.eye(10, dtype=np.float32)[[3, 9]])
 
 
+def test_predict_is_written_for_one_image_and_vmapped_for_a_batch():
+    """predict takes one image (784,); batched_predict, jax.vmap of it, is predict on each image in turn."""
+    params = init_params(jax.random.key(7))
+    inputs, _ = random_batch(jax.random.key(8), n=5)
+    one_by_one = np.stack([predict(params, image) for image in inputs])
+    assert predict(params, inputs[0]).shape == (10,)
+    np.testing.assert_allclose(batched_predict(params, inputs), one_by_one, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(one_by_one[0], one_by_one[1])  # different images, different answers
+
+
 def test_predicted_class_is_argmax():
-    params = init_params(jax.random.PRNGKey(5))
-    inputs, _ = random_batch(jax.random.PRNGKey(6))
+    params = init_params(jax.random.key(5))
+    inputs, _ = random_batch(jax.random.key(6))
     np.testing.assert_array_equal(predicted_class(params, inputs),
                                   np.argmax(reference_logits(params, inputs), axis=1))

@@ -153,7 +153,27 @@ def test_rotation_costs_only_the_per_coordinate_methods(panels):
         assert steps[1] > 1.2 * steps[0], (name, steps)
 
 
-def test_writes_the_figure_and_the_tables(tmp_path, capsys):
+@pytest.mark.parametrize("values, first, stays", [
+    ([5, 4, 0.5, 2, 0.1, 0.05], 2, 4),  # dips under 1 at step 2, bounces back, under for good from step 4
+    ([0.5, 0.4], 0, 0),
+    ([5, 0.5, 2], 1, None),  # ends above: never for good
+    ([5, float("nan"), 0.5], 2, 2),  # NaN is not below
+    ([5, 4], None, None)])
+def test_steps_until_the_first_time_and_for_good(values, first, stays):
+    assert optimizer_paths.steps_until(values, 1) == first
+    assert optimizer_paths.steps_until_it_stays(values, 1) == stays
+
+
+def test_rmsprop_touches_the_target_but_never_stays_below_it(panels):
+    run = panels["quadratic"]["runs"]["rmsprop"]
+    assert run["steps_to_target"] is not None and run["steps_to_stay"] is None
+    assert panels["quadratic"]["runs"]["adam"]["steps_to_stay"] == panels["quadratic"]["runs"]["adam"]["steps_to_target"]
+
+
+def test_writes_the_figure_and_the_tables(tmp_path, capsys, monkeypatch, panels, rate_rows):
+    """The script's own main, on the paths and rates the fixtures computed already (not a second time)."""
+    monkeypatch.setattr(optimizer_paths, "run_panels", lambda: panels)
+    monkeypatch.setattr(optimizer_paths, "rates", lambda: list(rate_rows.values()))
     out = tmp_path / "paths"
     optimizer_paths.main(["--out", str(out)])
     assert sorted(p.name for p in out.iterdir()) == ["paths.json", "paths.png", "rates.json", "summary.md"]

@@ -2,8 +2,8 @@
 
 Both sides start from the same point and, at every step, take the gradient of the same
 function at their own gradient point (Nesterov: the look-ahead point theta - mu * v, which
-is what optax's Nesterov keeps as its parameters); ours steps through train_utils.make_step,
-the step mlp_mnist.py trains with. The points must agree at every step.
+is what optax's Nesterov keeps as its parameters); ours steps through mlp_mnist.step, the
+step mlp_mnist.py trains with. The points must agree at every step.
 One leaf's gradients are ~1e-8, where eps placement and Adam's bias correction decide the
 step size, so getting either wrong fails the comparison (test_the_comparison_catches_a_wrong_rule
 proves it, with each mistake written as an optax transformation).
@@ -14,28 +14,18 @@ import numpy as np
 import optax
 import pytest
 
-from optimized_sgd import OPTIMIZERS, make_optimizer
-from train_utils import make_step
+from conftest import HYPER, LR, optax_reference, takes
+import mlp_mnist
+from optimized_sgd import OPTIMIZERS, UnknownHyperparameter, hyperparameters, make_optimizer
 
 STEPS = 60
 RTOL, ATOL = 2e-5, 2e-6  # float32: params are O(1) and each step moves them by <= ~lr
-LR = 0.01
-HYPER = dict(mu=0.9, rho=0.9, beta1=0.9, beta2=0.999, eps=1e-8)
 LEAF_GRAD_SCALES = (1.0, 1e-3, 1e-8)  # the last one is on the order of eps
-
-# name -> the optax transformation that must follow the same trajectory
-OPTAX_REFERENCES = {
-    "sgd": lambda: optax.sgd(LR),
-    "momentum": lambda: optax.sgd(LR, momentum=HYPER["mu"]),
-    "nesterov": lambda: optax.sgd(LR, momentum=HYPER["mu"], nesterov=True),
-    "rmsprop": lambda: optax.rmsprop(LR, decay=HYPER["rho"], eps=HYPER["eps"], eps_in_sqrt=False),
-    "adam": lambda: optax.adam(LR, b1=HYPER["beta1"], b2=HYPER["beta2"], eps=HYPER["eps"]),
-}
 
 
 def random_params(seed=0):
     """A model-shaped pytree: [(w (5, 4), b (4,)), (w (4, 3), b (3,)), (w (3, 2), b (2,))]."""
-    keys = jax.random.split(jax.random.PRNGKey(seed), 6)
+    keys = jax.random.split(jax.random.key(seed), 6)
     shapes = [(5, 4), (4,), (4, 3), (3,), (3, 2), (2,)]
     leaves = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
     return [(leaves[0], leaves[1]), (leaves[2], leaves[3]), (leaves[4], leaves[5])]
@@ -47,28 +37,31 @@ def make_loss(params, seed=1):
     Elementwise, layer i's loss is LEAF_GRAD_SCALES[i] * (p^2 / 2 - cos(3 p) / 3 + noise_step * p),
     so its gradient is LEAF_GRAD_SCALES[i] * (p + sin(3 p) + noise_step).
     """
-    leaves = jax.tree_util.tree_leaves(params)
-    noise_keys = jax.random.split(jax.random.PRNGKey(seed), len(leaves))
+    leaves = jax.tree.leaves(params)
+    noise_keys = jax.random.split(jax.random.key(seed), len(leaves))
     noises = [jax.random.normal(k, (STEPS,) + leaf.shape) for k, leaf in zip(noise_keys, leaves)]
     scales = [LEAF_GRAD_SCALES[i // 2] for i in range(len(leaves))]  # (w, b) of a layer share one
 
     def loss(point, step):
         return sum(jnp.sum(s * (p ** 2 / 2 - jnp.cos(3 * p) / 3 + n[step] * p))
-                   for s, p, n in zip(scales, jax.tree_util.tree_leaves(point), noises))
+                   for s, p, n in zip(scales, jax.tree.leaves(point), noises))
 
     return loss
 
 
-def our_trajectory(name, params, loss):
-    """The points where our optimizer takes its gradients, after each of STEPS steps of train_utils.make_step,
-    the step mlp_mnist.py trains with."""
-    opt = make_optimizer(name, LR, **HYPER)
-    step, grad_point = jax.jit(make_step(opt, loss)), jax.jit(opt.grad_point)
+def our_trajectory(name, params, loss, hyper_as=float):
+    """The points where our optimizer takes its gradients, after each of STEPS steps of mlp_mnist.step, the
+    step mlp_mnist.py trains with. hyper_as: how the hyperparameters are passed (float, or jnp.float32 arrays
+    to a jitted step, as mlp_mnist.train_step takes them)."""
+    hyper = {key: hyper_as(value) for key, value in dict(lr=LR, **takes(name)).items()}
+    one_step = jax.jit(lambda params, state, hyper, t: mlp_mnist.step(make_optimizer(name, **hyper), loss, params, state,
+                                                                       t))
+    opt = make_optimizer(name, **hyper)
     state = opt.init(params)
     points = []
     for t in range(STEPS):
-        params, state, _ = step(params, state, t)
-        points.append(grad_point(params, state))
+        params, state, _ = one_step(params, state, hyper, t)
+        points.append(opt.grad_point(params, state))
     return points
 
 
@@ -89,32 +82,49 @@ def optax_trajectory(tx, params, loss):
 
 def assert_same_trajectory(ours, reference):
     for step, (a, b) in enumerate(zip(ours, reference), start=1):
-        for leaf_a, leaf_b in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
+        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
             np.testing.assert_allclose(leaf_a, leaf_b, rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
-
-
-def test_every_optimizer_has_a_reference():
-    assert set(OPTAX_REFERENCES) == set(OPTIMIZERS)
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_matches_optax_step_by_step(name):
     params = random_params()
     loss = make_loss(params)
-    assert_same_trajectory(our_trajectory(name, params, loss),
-                           optax_trajectory(OPTAX_REFERENCES[name](), params, loss))
+    assert_same_trajectory(our_trajectory(name, params, loss), optax_trajectory(optax_reference(name), params, loss))
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_hyperparameters_as_float32_arrays_follow_the_same_trajectory(name):
+    """As data (float32 arrays into a jitted step, as mlp_mnist passes them), the hyperparameters give optax's
+    trajectory at the same float32 values: 1 - 0.999 is 0.00099998713 in float32, which Adam shows."""
+    params = random_params()
+    loss = make_loss(params)
+    as_float32 = {key: float(np.float32(value)) for key, value in takes(name).items()}
+    reference = optax_trajectory(optax_reference(name, float(np.float32(LR)), dict(HYPER, **as_float32)), params, loss)
+    assert_same_trajectory(our_trajectory(name, params, loss, hyper_as=jnp.float32), reference)
+
+
+def test_hyperparameters_fill_in_defaults_and_refuse_what_an_optimizer_does_not_take():
+    assert hyperparameters("sgd") == dict(lr=0.01)
+    assert hyperparameters("momentum", lr=0.1, rho=None) == dict(lr=0.1, mu=0.9)  # None: not given
+    assert hyperparameters("adam", eps=0.01) == dict(lr=0.001, beta1=0.9, beta2=0.999, eps=0.01)
+    for name, key in (("adam", "mu"), ("sgd", "mu"), ("momentum", "eps"), ("rmsprop", "beta1")):
+        with pytest.raises(UnknownHyperparameter, match=f"{name} takes no {key} \\(it takes lr"):
+            hyperparameters(name, **{key: 0.5})
+    with pytest.raises(TypeError):
+        make_optimizer("sgd", 0.1, mu=0.9)  # the factory itself refuses, too
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_update_is_jittable_and_keeps_structure(name):
     params = random_params()
-    opt = make_optimizer(name, LR, **HYPER)
+    opt = make_optimizer(name, LR, **takes(name))
     state = opt.init(params)
-    grads = jax.tree_util.tree_map(jnp.ones_like, params)
+    grads = jax.tree.map(jnp.ones_like, params)
     new_params, new_state = jax.jit(opt.update)(grads, state, params)
-    assert jax.tree_util.tree_structure(new_params) == jax.tree_util.tree_structure(params)
-    assert jax.tree_util.tree_structure(new_state) == jax.tree_util.tree_structure(state)
-    for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new_params)):
+    assert jax.tree.structure(new_params) == jax.tree.structure(params)
+    assert jax.tree.structure(new_state) == jax.tree.structure(state)
+    for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new_params)):
         assert p.shape == q.shape and p.dtype == q.dtype
 
 
@@ -122,12 +132,12 @@ def adam_without_bias_correction(lr, b1, b2, eps):
     """Adam with m and v used as they are, not divided by (1 - b^t): an optax transformation (optax has no flag)."""
 
     def init(params):
-        return (jax.tree_util.tree_map(jnp.zeros_like, params), jax.tree_util.tree_map(jnp.zeros_like, params))
+        return (jax.tree.map(jnp.zeros_like, params), jax.tree.map(jnp.zeros_like, params))
 
     def update(grads, state, params=None):
-        m = jax.tree_util.tree_map(lambda m, g: b1 * m + (1 - b1) * g, state[0], grads)
-        v = jax.tree_util.tree_map(lambda v, g: b2 * v + (1 - b2) * g * g, state[1], grads)
-        return jax.tree_util.tree_map(lambda m, v: -lr * m / (jnp.sqrt(v) + eps), m, v), (m, v)
+        m = jax.tree.map(lambda m, g: b1 * m + (1 - b1) * g, state[0], grads)
+        v = jax.tree.map(lambda v, g: b2 * v + (1 - b2) * g * g, state[1], grads)
+        return jax.tree.map(lambda m, v: -lr * m / (jnp.sqrt(v) + eps), m, v), (m, v)
 
     return optax.GradientTransformation(init, update)
 
@@ -162,23 +172,26 @@ def test_the_comparison_catches_a_wrong_rule(name, mistake):
 def test_adam_bias_correction_starts_at_t_equals_1():
     """After one step from zero state, m_hat = g and v_hat = g^2, so each weight moves by ~lr."""
     params = random_params()
-    grads = jax.tree_util.tree_map(lambda p: 1e-3 * jnp.ones_like(p), params)
-    opt = make_optimizer("adam", LR, **HYPER)
+    grads = jax.tree.map(lambda p: 1e-3 * jnp.ones_like(p), params)
+    opt = make_optimizer("adam", LR, **takes("adam"))
     new_params, state = opt.update(grads, opt.init(params), params)
     assert int(state.step) == 1
-    for p, q in zip(jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(new_params)):
+    for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new_params)):
         np.testing.assert_allclose(p - q, LR * 1e-3 / (1e-3 + HYPER["eps"]), rtol=0, atol=1e-6)
 
 
 def random_gradients(steps=50, seed=3):
-    """A sequence of gradient pytrees (one (4, 3) leaf) whose signs and sizes vary from step to step."""
-    keys = jax.random.split(jax.random.PRNGKey(seed), steps)
-    return [{"w": jax.random.normal(k, (4, 3)) * jnp.exp(jax.random.normal(k, (4, 3)))} for k in keys]
+    """A sequence of gradient pytrees (one (4, 3) leaf) whose signs and sizes vary from step to step.
+
+    Two draws per step, so two keys per step: a key is split, never used twice."""
+    sign_keys, size_keys = jax.random.split(jax.random.key(seed), (2, steps))
+    return [{"w": jax.random.normal(a, (4, 3)) * jnp.exp(jax.random.normal(b, (4, 3)))}
+            for a, b in zip(sign_keys, size_keys)]
 
 
 def moves(name, grads, **hyper):
     """-> the per-step moves |theta_t+1 - theta_t| (steps, 4, 3) of optimizer `name` fed `grads`."""
-    opt = make_optimizer(name, LR, **dict(HYPER, **hyper))
+    opt = make_optimizer(name, LR, **takes(name, dict(HYPER, **hyper)))
     params = {"w": jnp.zeros((4, 3))}
     state, steps = opt.init(params), []
     for g in grads:
@@ -192,7 +205,7 @@ def moves(name, grads, **hyper):
 def test_step_size_does_not_depend_on_the_gradient_scale(name):
     """Dividing by the root mean square of g: the same steps for g and for 1000 g (eps = 0 makes it exact)."""
     grads = random_gradients()
-    scaled = [jax.tree_util.tree_map(lambda g: 1000 * g, g) for g in grads]
+    scaled = [jax.tree.map(lambda g: 1000 * g, g) for g in grads]
     np.testing.assert_allclose(moves(name, grads, eps=0.0), moves(name, scaled, eps=0.0), rtol=1e-4)
     assert moves("sgd", scaled).sum() > 900 * moves("sgd", grads).sum()  # while SGD's scale with g
 
@@ -219,7 +232,7 @@ def test_adam_in_float64_is_float64_throughout():
         theta = theta - LR * (m / (1 - b1 ** t)) / (np.sqrt(v / (1 - b2 ** t)) + eps)
         expected.append(theta)
     with jax.enable_x64(True):
-        opt = make_optimizer("adam", LR, **HYPER)
+        opt = make_optimizer("adam", LR, **takes("adam"))
         params = {"w": jnp.zeros(3, jnp.float64)}
         state, ours = opt.init(params), []
         for g in grads:

@@ -1,5 +1,6 @@
-"""benchmarks/train_speed.py: the FLOP arithmetic behind its floors, and its matmul timer."""
-import math
+"""benchmarks/train_speed.py: the FLOP arithmetic behind its floors, its matmul timer, and a whole run on
+small data whose every ratio is checked against the times it reports."""
+import json
 import os
 import sys
 
@@ -47,6 +48,33 @@ def test_matmul_rate_is_its_flops_over_the_time_per_product(monkeypatch, m, k, n
     assert rate == pytest.approx(2 * m * k * n * count / tick, rel=1e-12)
 
 
-def test_matmul_rate_on_the_real_clock_is_a_positive_finite_number():
-    rate = train_speed.matmul_rate(64, 64, 64, seconds=0.05)
-    assert math.isfinite(rate) and rate > 0
+@pytest.fixture(scope="module")
+def small_run(fake_dir, tmp_path_factory):
+    """The whole benchmark on 300 fake images: one timed epoch per path, 2 models as one program."""
+    out = tmp_path_factory.mktemp("speed") / "out"
+    real_rate = train_speed.matmul_rate
+    train_speed.matmul_rate = lambda m, k, n, seconds=0: real_rate(m, k, n, seconds=0.01)  # a rough rate is enough here
+    try:
+        train_speed.main(["--timed-epochs", "1", "--vmap-models", "2", "--data-dir", fake_dir, "--out", str(out)])
+    finally:
+        train_speed.matmul_rate = real_rate
+    return json.loads((out / "train_speed.json").read_text()), (out / "table.txt").read_text()
+
+
+def test_a_whole_run_reports_what_its_times_say(small_run):
+    result, table = small_run
+    assert result["status"] == "completed" and result["train_images"] == 300
+    median = lambda key: result[key]["median"]  # noqa: E731
+    assert f"{median('torch_loader_epoch_s') / median('device_epoch_s'):.2f}x" in table
+    assert f"{median('pytorch_epoch_s') / median('device_epoch_s'):.2f}x" in table
+    two = result["vmap"]["models"]["2"]
+    assert two["per_model_epoch_s"]["median"] == pytest.approx(two["epoch_s"]["median"] / 2)
+    assert two["per_model_over_one"] == pytest.approx(two["per_model_epoch_s"]["median"]
+                                                      / result["vmap"]["one_model_epoch_s"]["median"])
+    assert result["vmap"]["images"] == 250  # the last sixth held out, as in docs/07
+    rates = result["matmul_gflops"]
+    floor = sum(2 * m * k * n / (1e9 * rates[name]["median"]) for name, m, k, n in train_speed.matmul_shapes())
+    assert result["shape_floor_epoch_s"]["median"] == pytest.approx(floor * 300 / 128)
+    assert result["shape_floor_epoch_s"]["min"] <= result["shape_floor_epoch_s"]["median"] <= result[
+        "shape_floor_epoch_s"]["max"]
+    assert table.splitlines()[-1].startswith("# provenance")

@@ -1,7 +1,7 @@
-"""The training that ships: mlp_mnist's step against optax, the epoch loop around it, and the
-device loader and many models at once (many_models) against the torch DataLoader path.
+"""The training that ships: mlp_mnist's step against optax, the epoch and the loop around it, and
+many models at once (many_models: the same epoch under jax.vmap) against one model at a time.
 
-Everything here runs on small IDX files the tests write (tests/fake_mnist.py): 300 training
+Everything here runs on small IDX files the tests write (conftest.write_fake_mnist): 300 training
 images in batches of 128, so every epoch ends with a partial batch of 44.
 """
 import json
@@ -16,32 +16,13 @@ import optax
 import pytest
 
 import many_models
+import reporting
 import mlp_mnist
-import mnist_data
-from conftest import ROOT
-from fake_mnist import write_fake_mnist
+from conftest import LR, ROOT, config_for, optax_reference, takes, without_seconds
 from optimized_sgd import OPTIMIZERS, make_optimizer
-from test_optimizers import HYPER, LR, OPTAX_REFERENCES
 from train_utils import batch_from_uint8, init_params, loss, predicted_class
 
-N_TRAIN, N_TEST, BATCH = 300, 50, 128  # batches of 128, 128 and 44
-
-
-@pytest.fixture(scope="module")
-def fake_data(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("fake-mnist")
-    write_fake_mnist(folder, n_train=N_TRAIN, n_test=N_TEST)
-    return str(folder), mnist_data.load_mnist(str(folder))
-
-
-def config_for(optimizer="sgd", epochs=2, **overrides):
-    """mlp_mnist's configuration for a run: its defaults, then `overrides`."""
-    args = mlp_mnist.build_parser().parse_args(["--optimizer", optimizer, "--epochs", str(epochs)])
-    return dict(mlp_mnist.resolve_config(args), **overrides)
-
-
-def without_seconds(records):
-    return [{k: v for k, v in r.items() if not k.endswith("_seconds")} for r in records]
+N_TRAIN, N_TEST = 300, 50
 
 
 def assert_same_records(ours, reference, rel=1e-5):
@@ -50,8 +31,11 @@ def assert_same_records(ours, reference, rel=1e-5):
     assert [r["epoch"] for r in ours] == [r["epoch"] for r in reference]
     for a, b in zip(ours, reference):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=rel), (a, b)
-        assert a["train_accuracy"] == pytest.approx(b["train_accuracy"], abs=1 / N_TRAIN), (a, b)
-        assert a["test_accuracy"] == pytest.approx(b["test_accuracy"], abs=1 / N_TEST), (a, b)
+        for key, n in (("train_accuracy", N_TRAIN), ("val_accuracy", 100), ("test_accuracy", N_TEST)):
+            if b[key] is None:
+                assert a[key] is None
+            else:
+                assert a[key] == pytest.approx(b[key], abs=1 / n), (key, a, b)
 
 
 # --- The step itself, against optax ----------------------------------------------------------
@@ -65,58 +49,56 @@ def uint8_batches(steps=6, size=16, seed=0):
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_shipped_step_matches_optax(name):
-    """mlp_mnist's compiled step (what train() runs) against optax + jax.value_and_grad(loss).
+    """mlp_mnist.train_step (what train() runs, jitted, its hyperparameters float32 arrays) against optax +
+    jax.value_and_grad(loss).
 
     optax's parameters are the point where the gradient is taken: our params, except for
     Nesterov, whose gradient point theta - mu * v is optax's parameters. The loss the step
-    reports must be the loss there, before the update.
+    reports must be the loss there, before the update. The hyperparameters are float32 arrays, so optax gets
+    the same float32 numbers (1 - 0.999 is 0.00099998713 in float32: for Adam that difference shows).
     """
-    sizes = (784, 32, 10)
-    start = init_params(jax.random.PRNGKey(0), sizes)
-    optimizer = make_optimizer(name, LR, **HYPER)
-    params, opt_state = start, optimizer.init(start)
-    (step,) = mlp_mnist.compile_train_steps(optimizer, params, opt_state, [16]).values()
-    params = jax.tree_util.tree_map(jnp.copy, start)  # the step donates (consumes) its inputs
-
-    tx = OPTAX_REFERENCES[name]()
+    start = init_params(jax.random.key(0), (784, 32, 10))
+    hyper = {key: jnp.float32(value) for key, value in dict(lr=LR, **takes(name)).items()}
+    params, opt_state = jax.tree.map(jnp.copy, start), make_optimizer(name, **hyper).init(start)
+    as_float32 = {key: float(value) for key, value in hyper.items()}
+    tx = optax_reference(name, as_float32.pop("lr"), as_float32)
     reference, reference_state = start, tx.init(start)
     for images, labels in uint8_batches():
         reference_loss, grads = jax.value_and_grad(loss)(reference, batch_from_uint8(images, labels))
         updates, reference_state = tx.update(grads, reference_state, reference)
         reference = optax.apply_updates(reference, updates)
 
-        params, opt_state, batch_loss = step(params, opt_state, images, labels)
+        params, opt_state, batch_loss = mlp_mnist.train_step(params, opt_state, hyper, images, labels, name=name)
         np.testing.assert_allclose(batch_loss, reference_loss, rtol=1e-5)
-        ours = optimizer.grad_point(params, opt_state)
-        for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(reference)):
+        ours = make_optimizer(name, **hyper).grad_point(params, opt_state)
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-3 * LR)  # RMSProp/Adam divide rounding
             # noise in a ~0 gradient by a ~0 root mean square: up to a thousandth of a step
 
 
-# --- The epoch loop around the step (torch loader) --------------------------------------------
+# --- The epoch and the loop (torch loader) -----------------------------------------------------
 
 
 @pytest.fixture(scope="module")
 def recorded_run(fake_data):
     """Two epochs of train() with every call of the step recorded: (train_set, test_set, calls, run)."""
-    _, (train_set, test_set) = fake_data
+    train_set, _, test_set = fake_data
     calls = []
-    real_compile = mlp_mnist.compile_train_steps
+    real_step = mlp_mnist.train_step
 
-    def recording_compile(*args):
-        def record(step):
-            def recorded_step(params, opt_state, images, labels):
-                params, opt_state, batch_loss = step(params, opt_state, images, labels)
-                calls.append(dict(images=np.array(images), loss=float(batch_loss), params=jax.device_get(params)))
-                return params, opt_state, batch_loss
-            return recorded_step
-        return {size: record(step) for size, step in real_compile(*args).items()}
+    class RecordingStep:
+        lower = real_step.lower  # setup compiles the real step
 
-    mlp_mnist.compile_train_steps = recording_compile
+        def __call__(self, params, opt_state, hyper, images, labels, name):
+            params, opt_state, batch_loss = real_step(params, opt_state, hyper, images, labels, name=name)
+            calls.append(dict(images=np.array(images), loss=float(batch_loss), params=jax.device_get(params)))
+            return params, opt_state, batch_loss
+
+    mlp_mnist.train_step = RecordingStep()
     try:
         run = mlp_mnist.train(config_for("momentum", epochs=2), train_set, test_set, log=lambda line: None)
     finally:
-        mlp_mnist.compile_train_steps = real_compile
+        mlp_mnist.train_step = real_step
     return train_set, test_set, calls, run
 
 
@@ -148,34 +130,72 @@ def test_order_is_fresh_every_epoch_and_covers_each_image_once(recorded_run):
 
 
 def test_predict_all_in_chunks_equals_one_pass(monkeypatch, fake_data):
-    _, (_, test_set) = fake_data
-    params = init_params(jax.random.PRNGKey(1))
+    _, _, test_set = fake_data
+    params = init_params(jax.random.key(1))
     images = jax.device_put(test_set.data.numpy())  # 50 images
     one_pass = predicted_class(params, images.reshape(N_TEST, -1).astype(jnp.float32))
     monkeypatch.setattr(mlp_mnist, "EVAL_CHUNK", 7)  # 7 chunks of 7, then one of 1
-    np.testing.assert_array_equal(mlp_mnist.predict_all(params, images), one_pass)
-    stacked = many_models.stack_trees([params, init_params(jax.random.PRNGKey(2))])
-    per_model = mlp_mnist.predict_all(stacked, images, predict_chunk=many_models._predict_chunk_per_model)
+    np.testing.assert_array_equal(mlp_mnist.predict_all(mlp_mnist.predicted_digits, params, images), one_pass)
+    stacked = jax.tree.map(lambda *leaves: jnp.stack(leaves), params, init_params(jax.random.key(2)))
+    per_model = mlp_mnist.predict_all(many_models.many_predictions, stacked, images)
     assert per_model.shape == (2, N_TEST)
     np.testing.assert_array_equal(per_model[0], one_pass)
+    assert not np.array_equal(per_model[1], one_pass)  # the second model is another model
 
 
-# --- The device loader and the vmapped seeds, against the torch loader -----------------------
+def test_validation_accuracy_is_measured_on_the_validation_images(fake_data):
+    """With the test images as the validation set, the two accuracies are equal at every epoch; with the
+    test images' labels shuffled, they are not. So val_accuracy is the model's accuracy on val_set."""
+    train_set, _, test_set = fake_data
+    same = mlp_mnist.train(config_for("sgd", epochs=2, lr=0.05), train_set, test_set, val_set=test_set,
+                           log=lambda line: None)
+    assert [r["val_accuracy"] for r in same["records"]] == [r["test_accuracy"] for r in same["records"]]
+    shuffled = test_set.rows(0, N_TEST)
+    shuffled.targets = shuffled.targets[np.random.default_rng(0).permutation(N_TEST)]
+    other = mlp_mnist.train(config_for("sgd", epochs=2, lr=0.05), train_set, test_set, val_set=shuffled,
+                            log=lambda line: None)
+    assert [r["test_accuracy"] for r in other["records"]] == [r["test_accuracy"] for r in same["records"]]
+    assert [r["val_accuracy"] for r in other["records"]] != [r["test_accuracy"] for r in other["records"]]
+
+
+def test_val_size_holds_out_the_last_images(fake_dir, fake_data, tmp_path, capsys, monkeypatch):
+    """mlp_mnist.py --val-size 100: training sees the first 200 images only, validation the last 100."""
+    train_set, _, _ = fake_data
+    seen = []
+    real_device_data = mlp_mnist.device_data
+
+    def recording_device_data(train, val, test):
+        seen.append((train.data.numpy(), val.data.numpy()))
+        return real_device_data(train, val, test)
+
+    monkeypatch.setattr(mlp_mnist, "device_data", recording_device_data)
+    out = tmp_path / "out"
+    mlp_mnist.main(["--epochs", "2", "--val-size", "100", "--data-dir", fake_dir, "--out", str(out)])
+    (trained_on, held_out), = seen
+    np.testing.assert_array_equal(trained_on, train_set.data.numpy()[:200])
+    np.testing.assert_array_equal(held_out, train_set.data.numpy()[200:])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["config"]["val_size"] == 100
+    assert all(r["val_accuracy"] is not None for r in metrics["epochs"])
+    assert "held out for validation" in capsys.readouterr().out
+
+
+# --- The device loader and many models, against the torch loader ------------------------------
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_both_loaders_write_the_same_metrics(name, fake_data, tmp_path, capsys):
-    """mlp_mnist.py --loader torch and --loader device: the same metrics.json records, 3 epochs."""
-    data_dir, _ = fake_data
-    metrics = {}
-    for loader in mlp_mnist.LOADERS:
-        out = tmp_path / loader
-        mlp_mnist.main(["--optimizer", name, "--epochs", "3", "--loader", loader, "--data-dir", data_dir,
-                        "--out", str(out)])
-        metrics[loader] = json.loads((out / "metrics.json").read_text())
-        assert metrics[loader]["config"]["loader"] == loader and metrics[loader]["status"] == "completed"
-    assert_same_records(metrics["device"]["epochs"], metrics["torch"]["epochs"])
-    capsys.readouterr()
+def test_both_loaders_and_many_models_give_the_same_records(name, fake_data):
+    """Three epochs of one optimizer through the DataLoader, through the device loader, and as model 0
+    of a vmapped pair (many_models): the same records, to float rounding."""
+    train_set, _, test_set = fake_data
+    runs = {loader: mlp_mnist.train(config_for(name, epochs=3, loader=loader), train_set, test_set,
+                                    log=lambda line: None) for loader in reporting.LOADERS}
+    pair = many_models.train_many([config_for(name, epochs=3, seed=seed) for seed in (0, 7)], train_set, test_set,
+                                  log=lambda line: None)
+    for run in (runs["device"], pair[0]):
+        assert run["status"] == "completed"
+        assert_same_records(run["records"], runs["torch"]["records"])
+    assert without_seconds(pair[1]["records"]) != without_seconds(pair[0]["records"])  # seed 7 is another model
 
 
 # A small grid for each optimizer: two learning rates (the second 3x the first) x two seeds,
@@ -186,41 +206,41 @@ GRID_HYPER = {"sgd": {}, "momentum": {"mu": 0.8}, "nesterov": {"mu": 0.8}, "rmsp
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
 def test_many_models_equal_one_at_a_time(name, fake_data):
-    """A grid of (lr, seed) of one optimizer as one vmapped program: each model is the run train() makes.
-
-    To rounding: mapped over, the hyperparameters are float32 arrays, so 1 - beta1 and the like
-    round differently than from Python's float64 constants (losses agree to 1e-4 here).
-    """
-    _, (train_set, test_set) = fake_data
+    """A grid of (lr, seed) of one optimizer as one vmapped program: each model is the run train() makes."""
+    train_set, _, test_set = fake_data
     base = config_for(name, epochs=2, loader="device", **GRID_HYPER[name])
     configs = [dict(base, lr=lr, seed=seed) for lr in (base["lr"], 3 * base["lr"]) for seed in (0, 5)]
     together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
     for config, run in zip(configs, together):
         alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
         assert run["status"] == alone["status"] == "completed"
-        assert_same_records(run["records"], alone["records"], rel=1e-4)
+        assert_same_records(run["records"], alone["records"])
     # the test can tell: the lr and the seed each change the records
     assert without_seconds(together[0]["records"]) != without_seconds(together[1]["records"])
     assert without_seconds(together[0]["records"]) != without_seconds(together[2]["records"])
 
 
-def test_a_diverging_learning_rate_does_not_spoil_the_others(fake_data):
-    """SGD at lr 0.01 and lr 30 in one program: the lr-30 models blow up, the others are untouched."""
-    _, (train_set, test_set) = fake_data
-    configs = [config_for("sgd", epochs=3, lr=lr, seed=seed, loader="device") for lr in (0.01, 30.0) for seed in (0, 1)]
+def test_a_diverging_model_stops_and_the_others_go_on(fake_data):
+    """SGD at lr 1e30 blows up in epoch 1, for certain: its weights leave float32's range after one step.
+    In one program with two sound models it is marked diverged and records nothing; the sound ones are
+    the runs train() makes of them alone. And alone, the lr-1e30 run diverges in epoch 1 too."""
+    train_set, _, test_set = fake_data
+    configs = [config_for("sgd", epochs=3, lr=lr, seed=seed, loader="device")
+               for lr, seed in ((0.01, 0), (1e30, 0), (0.01, 1))]
     together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
-    assert [r["status"] for r in together[:2]] == ["completed", "completed"]
-    assert all(r["status"].startswith("diverged") for r in together[2:]), [r["status"] for r in together]
-    for config, run in zip(configs[:2], together[:2]):
+    assert [r["status"] for r in together] == ["completed", "diverged in epoch 1", "completed"]
+    assert together[1]["records"] == []
+    for config, run in zip(configs, together):
         alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
+        assert alone["status"] == run["status"]
         assert_same_records(run["records"], alone["records"])
 
 
-def test_many_models_sharded_over_two_devices(fake_data, tmp_path):
-    """compare_optimizers.py --vmap-seeds with two (virtual) CPU devices and three seeds: the model
-    axis is padded to four, two per device, and the results are those of mlp_mnist.train, one seed at
-    a time, through the DataLoader."""
-    data_dir, (train_set, test_set) = fake_data
+def test_many_models_sharded_over_two_devices(fake_dir, fake_data, tmp_path):
+    """compare_optimizers.py --vmap with two (virtual) CPU devices and three seeds: the model axis is
+    padded to four, two per device, and the results are those of mlp_mnist.train, one seed at a time,
+    through the DataLoader."""
+    train_set, _, test_set = fake_data
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
     out = tmp_path / "out"
     result = subprocess.run(
@@ -228,11 +248,11 @@ def test_many_models_sharded_over_two_devices(fake_data, tmp_path):
          "per_model, _, padded = many_models.model_shardings(3); "
          "assert len(per_model.device_set) == 2 and padded == 4, (per_model, padded); "
          "compare_optimizers.main(sys.argv[1:])",
-         "--configs", "nesterov", "--seeds", "0", "1", "2", "--epochs", "2", "--vmap-seeds", "--data-dir", data_dir,
+         "--configs", "nesterov", "--seeds", "0", "1", "2", "--epochs", "2", "--vmap", "--data-dir", fake_dir,
          "--out", str(out)], capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["environment"]["device_count"] == 2 and summary["vmap_seeds"] is True
+    assert summary["provenance"]["device"]["count"] == 2 and summary["vmap"] is True
     assert summary["loader"] == "device" and [r["seed"] for r in summary["runs"]] == [0, 1, 2]
     for run in summary["runs"]:
         alone = mlp_mnist.train(config_for("nesterov", epochs=2, seed=run["seed"]), train_set, test_set,
@@ -242,45 +262,8 @@ def test_many_models_sharded_over_two_devices(fake_data, tmp_path):
 
 def test_the_model_axis_is_padded_to_a_multiple_of_the_devices(monkeypatch):
     monkeypatch.setattr(jax, "devices", lambda: [jax.local_devices()[0]] * 4)
+    monkeypatch.setattr(jax, "make_mesh", lambda shape, names, axis_types: jax.sharding.Mesh(
+        np.array(jax.devices()), names))
     for models, padded in ((6, 8), (8, 8), (3, 4), (5, 8), (1, 4)):
         per_model, _, got = many_models.model_shardings(models)
         assert (got, per_model.mesh.size) == (padded, 4)
-
-
-def test_a_diverging_seed_stops_and_the_others_go_on(fake_data):
-    """SGD at lr 30 on these images: some seeds blow up (NaN loss) in epoch 2 or 3, one does not.
-    Together or alone, each seed stops at the same epoch with the same records."""
-    _, (train_set, test_set) = fake_data
-    config = config_for("sgd", epochs=3, lr=30.0, loader="device")
-    configs = [dict(config, seed=seed) for seed in (0, 1, 2, 3)]
-    together = many_models.train_many(configs, train_set, test_set, log=lambda line: None)
-    statuses = [run["status"] for run in together]
-    assert "completed" in statuses and any(s.startswith("diverged") for s in statuses), statuses
-    for config, run in zip(configs, together):
-        alone = mlp_mnist.train(config, train_set, test_set, log=lambda line: None)
-        assert run["status"] == alone["status"]
-        completed_epochs = 3 if run["status"] == "completed" else int(run["status"].split()[-1]) - 1
-        assert len(run["records"]) == completed_epochs
-        assert_same_records(run["records"], alone["records"])
-
-
-def test_val_size_holds_out_the_last_images_and_records_their_accuracy(fake_data, tmp_path, capsys, monkeypatch):
-    """--val-size 100: training sees the first 200 images only, and each epoch records val_accuracy."""
-    data_dir, (train_set, _) = fake_data
-    seen = []
-    real_device_data = mlp_mnist.device_data
-
-    def recording_device_data(train, val, test, sharding=None):
-        seen.append((train.data.numpy(), val.data.numpy()))
-        return real_device_data(train, val, test, sharding)
-
-    monkeypatch.setattr(mlp_mnist, "device_data", recording_device_data)
-    out = tmp_path / "out"
-    mlp_mnist.main(["--epochs", "2", "--val-size", "100", "--data-dir", data_dir, "--out", str(out)])
-    (trained_on, held_out), = seen
-    np.testing.assert_array_equal(trained_on, train_set.data.numpy()[:200])
-    np.testing.assert_array_equal(held_out, train_set.data.numpy()[200:])
-    metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["config"]["val_size"] == 100
-    assert all(0 <= r["val_accuracy"] <= 1 for r in metrics["epochs"])
-    assert "held out for validation" in capsys.readouterr().out

@@ -69,23 +69,28 @@ def test_without_getrusage_the_fault_column_shows_a_dash(monkeypatch):
     result = verify_vectors.measure_size(100, 0.001, configs)
     assert all(row["minor_faults_per_call"] is None for row in result["rows"].values())
     for line in verify_vectors.format_table(result).splitlines()[2:]:
-        assert line.split()[-3] == "-", line
+        assert line.split()[-4] == "-", line
 
 
 def test_run_writes_every_configuration_with_positive_times(tmp_path):
     out = tmp_path / "run"
     result = subprocess.run([sys.executable, os.path.join(ROOT, "verify_vectors.py"), "--sizes", "1000",
-                             "--json", "--seconds", "0.01", "--out", str(out)], capture_output=True, text=True,
+                             "--json", "--seconds-per-config", "0.01", "--out", str(out)], capture_output=True, text=True,
                             cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
     report = json.loads(result.stdout)
-    assert report == json.loads((out / "results.json").read_text())
+    written = json.loads((out / "results.json").read_text())
+    assert report == {k: v for k, v in written.items() if k != "provenance"} and written["provenance"]["command"]
     assert report["device"] and [r["size"] for r in report["results"]] == [1000]
     rows = report["results"][0]["rows"]
     assert set(rows) == set(CONFIGURATIONS)
     for name, row in rows.items():
         assert row["median_s"] > 0 and row["gb_per_s"] > 0 and row["repeats"] >= 3, name
         assert row["speedup_vs_numpy"] > 0 and row["minor_faults_per_call"] >= 0
+        baseline = "numpy out=x (in place)" if CONFIGURATIONS[name].chained else (
+            "numpy polynomial" if CONFIGURATIONS[name].kind == "poly" else "numpy x * x")
+        key = "speedup_vs_numpy_in_place" if CONFIGURATIONS[name].chained else "speedup_vs_numpy"
+        assert row[key] == pytest.approx(rows[baseline]["median_s"] / row["median_s"])  # like for like
         assert (row["first_call_s"] > 0) if CONFIGURATIONS[name].uses_jax else row["first_call_s"] is None
     assert report["results"][0]["host_to_device_s"] > 0
     table = (out / "table.txt").read_text()
@@ -121,16 +126,30 @@ def wrong_donated_chain(x_host):
     Configuration(wrong_donated_chain, "square", True, chained=True),  # caught after the timing
 ])
 def test_correctness_gate_stops_a_wrong_configuration(monkeypatch, capsys, tmp_path, wrong):
+    """A configuration that disagrees with NumPy: exit 4 (the check failed), one line naming it, and only the
+    sizes finished before it are written (here: none, so nothing)."""
     monkeypatch.setattr(verify_vectors, "CONFIGURATIONS", {"numpy x * x": CONFIGURATIONS["numpy x * x"],
+                                                           "numpy out=x (in place)": CONFIGURATIONS["numpy out=x (in place)"],
                                                            "numpy polynomial": CONFIGURATIONS["numpy polynomial"],
                                                            "deliberately wrong": wrong})
     with pytest.raises(SystemExit) as exit_info:
-        verify_vectors.main(["--sizes", "1000", "--seconds", "0.01", "--out", str(tmp_path / "run")])
+        verify_vectors.main(["--sizes", "1000", "--seconds-per-config", "0.01", "--out", str(tmp_path / "run")])
     reporting.remove_unused_out_dirs()
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == reporting.EXIT_CHECK_FAILED == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "deliberately wrong" in err[0] and "NumPy gives" in err[0]
     assert not (tmp_path / "run").exists(), "a failed run writes nothing"
+
+
+def test_a_wrong_configuration_at_the_second_size_keeps_the_first(monkeypatch, capsys, tmp_path):
+    wrong_at_2000 = Configuration(numpy_call(lambda x: x * x + (1e-2 if len(x) == 2000 else 0)), "square", False)
+    monkeypatch.setattr(verify_vectors, "CONFIGURATIONS", {"numpy x * x": CONFIGURATIONS["numpy x * x"],
+                                                           "deliberately wrong": wrong_at_2000})
+    with pytest.raises(SystemExit) as exit_info:
+        verify_vectors.main(["--sizes", "1000", "2000", "--seconds-per-config", "0.01", "--out", str(tmp_path / "run")])
+    assert exit_info.value.code == 4 and "holds the sizes finished" in capsys.readouterr().err
+    report = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert report["status"] == "partial" and [r["size"] for r in report["results"]] == [1000]
 
 
 @pytest.mark.parametrize("value", ["0", "-5", "1.5", "ten", "1e10", "inf", "nan"])
@@ -158,8 +177,9 @@ def test_an_out_that_holds_files_is_refused_before_any_timing(tmp_path, capsys, 
 
 def test_default_out_is_a_fresh_runs_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(reporting, "RUNS_DIR", "runs")
     monkeypatch.setattr(verify_vectors, "CONFIGURATIONS", {"numpy x * x": CONFIGURATIONS["numpy x * x"]})
     for _ in range(2):
-        verify_vectors.main(["--sizes", "100", "--seconds", "0.001"])
+        verify_vectors.main(["--sizes", "100", "--seconds-per-config", "0.001"])
     assert sorted(os.listdir(tmp_path / "runs")) == ["verify_vectors", "verify_vectors-2"]
     assert sorted(os.listdir(tmp_path / "runs" / "verify_vectors-2")) == ["results.json", "square.png", "table.txt"]
