@@ -368,7 +368,7 @@ def plot_traces(result, path):
     for i, (run, color) in enumerate(zip(result["runs"], plt.cm.tab10.colors)):
         style = dict(color=color, linestyle=styles[i % 4], linewidth=1.3, label=run_label(run))
         losses = np.array([np.nan if v is None else v for v in run["loss"]])
-        ax_loss.plot(np.arange(len(losses)), losses, **style)
+        ax_loss.plot(np.arange(1, len(losses) + 1), losses, **style)  # step + 1: a log axis has no 0
         values = np.array([np.nan if v is None else v for v in run["sharpness"]])
         if run["group"] == "above":
             ax_above.plot(run["sharpness_steps"], values, marker="o", markersize=2, **style)
@@ -378,8 +378,8 @@ def plot_traces(result, path):
                                                                     marker="o", markersize=2, **style)
     for ax in (ax_below, ax_adam):
         ax.axhline(1.0, color="0.3", linestyle=(0, (4, 3)), linewidth=1)
-    ax_loss.set(xlabel="step", ylabel="whole-batch loss (cross-entropy / 10)", yscale="log", xscale="symlog",
-                title="training loss (step axis: linear to 1, then log)")
+    ax_loss.set(xlabel="step + 1 (log scale)", ylabel="whole-batch loss (cross-entropy / 10)", yscale="log",
+                xscale="log", title="training loss")
     top = max([r["edge"] for r in result["runs"] if r["group"] == "above"]
               + [v for r in result["runs"] if r["group"] == "above" for v in r["sharpness"] if v])
     ax_above.set(xlabel="step", ylabel="λ_max of the Hessian", ylim=(0, 1.08 * top),

@@ -240,16 +240,21 @@ def table(result):
         g = r["matmul_gflops"][name]
         lines.append(f"{name:<14} {f'{m}x{k}x{n}':>17} {g['median']:>12.1f}  ({g['min']:.1f} - {g['max']:.1f})")
     lines.append(f"{'large':<14} {'2048x2048x2048':>17} {r['matmul_2048_gflops']:>12.1f}")
-    seconds = lambda key: (f"{r[key]['median']:8.3f} s  (epochs: {r[key]['min']:.3f} - {r[key]['max']:.3f})"  # noqa: E731
-                           if key in r else "-")
+
+    def seconds(key, spread_of="epochs"):
+        value = r.get(key)
+        if value is None:
+            return "-"
+        return f"{value['median']:8.3f} s  ({spread_of}: {value['min']:.3f} - {value['max']:.3f})"
+
     lines += ["", "seconds per epoch, median over the timed epochs (their range):",
               f"  DataLoader path (mlp_mnist default): {seconds('torch_loader_epoch_s')}",
               f"  device loader:                       {seconds('device_epoch_s')}",
               f"  PyTorch ({r['pytorch_threads']} threads):                {seconds('pytorch_epoch_s')}",
               f"  the DataLoader alone, no training:   {r['loader_alone_epoch_s']:8.3f} s"]
     if "shape_floor_epoch_s" in r:
-        lines += [f"  shape floor (each matmul at its own rate): {seconds('shape_floor_epoch_s')} from the rates' "
-                  "range", f"  2048 floor (every matmul at the 2048 rate): {r['floor_2048_epoch_s']:.3f} s"]
+        lines += [f"  shape floor (each matmul at its own rate): {seconds('shape_floor_epoch_s', 'from the rates')}",
+                  f"  2048 floor (every matmul at the 2048 rate): {r['floor_2048_epoch_s']:.3f} s"]
     lines += ["", "ratios measured in this run:",
               f"  DataLoader path / device loader: {ratio(r, 'torch_loader_epoch_s', 'device_epoch_s')}",
               f"  PyTorch / device loader:         {ratio(r, 'pytorch_epoch_s', 'device_epoch_s')}",

@@ -54,6 +54,8 @@ PARTS = {
                                  .split(), "results/rmsprop-lr1e5")]),
     "comparison": (6, [step(["python", "compare_optimizers.py"], "results/comparison")]),
     "comparison-vmap": (6, [step(["python", "compare_optimizers.py", "--vmap"], "results/comparison-vmap")]),
+    "comparison-device": (6, [step(["python", "compare_optimizers.py", "--loader", "device"],
+                                   "results/comparison-device")]),  # docs/04: the loader apart from vmap
     "sweep": (4, [step(["python", "compare_optimizers.py", "--configs", *SWEEP, "--seeds", "0"], "results/sweep")]),
     "sweep-seeds": (3, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
     "step_sizes": (1, [step(["python", "step_sizes.py"], "results/step_sizes")]),
