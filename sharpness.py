@@ -452,7 +452,10 @@ def build_parser():
                    help="learning rate of the heavy-ball run (default: %(default)s)")
     p.add_argument("--momentum-mu", type=unit_interval, default=MU,
                    help="momentum mu of the heavy-ball run (default: %(default)s)")
-    reporting.add_flags(p, "--seed", "--train-subset", "--data-dir", "--out", train_subset=N_IMAGES)
+    reporting.add_flags(p, "--seed", "--data-dir", "--out")
+    p.add_argument("--train-subset", type=positive_int, default=N_IMAGES, metavar="N",  # shared flag, own default:
+                   help="use only the first N training images (default: %(default)s; "  # reporting.OWN_DEFAULTS
+                        + reporting.OWN_DEFAULTS[("sharpness.py", "--train-subset")] + ")")
     return p
 
 

@@ -188,10 +188,24 @@ def test_a_flag_several_scripts_take_is_the_same_flag_everywhere(parsers):
         first = parsers[takers[0]][flag]
         for script in takers[1:]:
             action = parsers[script][flag]
-            assert (type(action), action.type, action.help, action.choices, action.nargs, action.metavar) == (
-                type(first), first.type, first.help, first.choices, first.nargs, first.metavar), (flag, script)
+            assert (type(action), action.type, action.choices, action.nargs, action.metavar) == (
+                type(first), first.type, first.choices, first.nargs, first.metavar), (flag, script)
             if (script, flag) not in reporting.OWN_DEFAULTS and (takers[0], flag) not in reporting.OWN_DEFAULTS:
-                assert action.default == first.default, (flag, script)
+                assert (action.default, action.help) == (first.default, first.help), (flag, script)
+
+
+def rendered_help(action):
+    """The help text as --help prints it: %(default)s and the like filled in."""
+    return action.help % dict(vars(action), prog="script")
+
+
+@pytest.mark.parametrize("script, flag", sorted(reporting.OWN_DEFAULTS))
+def test_a_flag_with_its_own_default_names_that_default_and_why(script, flag, parsers):
+    """sharpness.py's --train-subset is 2000, not the shared "all of them": its help must say 2000, and the reason."""
+    action = parsers[script][flag]
+    shared = reporting.SHARED_FLAGS[flag]
+    assert action.default != shared.get("default"), (script, flag)
+    assert f"(default: {action.default}" in rendered_help(action), (script, flag, rendered_help(action))
 
 
 def test_the_image_count_and_vmap_flags_have_one_name(parsers):
@@ -206,6 +220,9 @@ def test_every_flag_gives_its_default_and_is_in_its_chapter(script, parsers):
         chapter = f.read()
     for flag, action in parsers[script].items():
         assert action.help and "default" in action.help, (script, flag)
+        if isinstance(action.default, (int, float, str)) and not isinstance(action.default, bool):
+            # a single value: --help must show that value, not some other (a list may be shown in its own words)
+            assert f"{action.default}" in rendered_help(action), (script, flag, rendered_help(action))
         assert re.search(re.escape(flag) + r"(?![\w-])", chapter), f"docs/{CHAPTERS[script]} never names {flag}"
 
 
