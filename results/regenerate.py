@@ -2,7 +2,7 @@
 
     python results/regenerate.py --list              # the parts, what each writes, how long it took
     python results/regenerate.py paths step_sizes    # regenerate two parts
-    python results/regenerate.py all                 # everything (about three hours on 2 CPU cores)
+    python results/regenerate.py all                 # everything (about 1 h 45 min on 2 CPU cores)
     python results/regenerate.py --check             # one machine and one code version in every file?
 
 Each part is the command a chapter of docs/ (or the README) shows a learner, run from the
@@ -45,27 +45,28 @@ def step(command, out, env=None):
     return dict(argv=command if env else command + ["--out", out], out=out, env={env: out} if env else {})
 
 
-# name -> (minutes it took on the machine that wrote results/, its steps). The minutes are wall-clock
-# times of the last regeneration, on the 2-core CPU that results/train_speed/table.txt describes.
+# name -> (minutes it took when it last ran, its steps): wall-clock minutes of the last regeneration, on the
+# machine its files name (sharpness and train_speed: a 2-core Intel Xeon; the rest: a 2-core AMD EPYC; seed0's
+# minutes are its five runs' own seconds plus their start-up, as its log was not kept).
 PARTS = {
-    "seed0": (4, [step(["python", "mlp_mnist.py", "--optimizer", name], f"results/seed0/{name}")
+    "seed0": (3, [step(["python", "mlp_mnist.py", "--optimizer", name], f"results/seed0/{name}")
                   for name in OPTIMIZERS]),
     "rmsprop-lr1e5": (0.3, [step("python mlp_mnist.py --optimizer rmsprop --lr 100000 --epochs 2 --train-subset 6000"
                                  .split(), "results/rmsprop-lr1e5")]),
-    "comparison": (6, [step(["python", "compare_optimizers.py"], "results/comparison")]),
-    "comparison-vmap": (6, [step(["python", "compare_optimizers.py", "--vmap"], "results/comparison-vmap")]),
-    "comparison-device": (6, [step(["python", "compare_optimizers.py", "--loader", "device"],
+    "comparison": (8.3, [step(["python", "compare_optimizers.py"], "results/comparison")]),
+    "comparison-vmap": (7.3, [step(["python", "compare_optimizers.py", "--vmap"], "results/comparison-vmap")]),
+    "comparison-device": (6.6, [step(["python", "compare_optimizers.py", "--loader", "device"],
                                    "results/comparison-device")]),  # docs/04: the loader apart from vmap
-    "sweep": (4, [step(["python", "compare_optimizers.py", "--configs", *SWEEP, "--seeds", "0"], "results/sweep")]),
-    "sweep-seeds": (3, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
-    "step_sizes": (1, [step(["python", "step_sizes.py"], "results/step_sizes")]),
-    "paths": (0.3, [step(["python", "optimizer_paths.py"], "results/paths")]),
-    "sharpness": (8, [step(["python", "sharpness.py"], "results/sharpness")]),
-    "tuning": (80, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
-    "train_speed": (8, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
-    "verify_vectors": (1.5, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
+    "sweep": (5.9, [step(["python", "compare_optimizers.py", "--configs", *SWEEP, "--seeds", "0"], "results/sweep")]),
+    "sweep-seeds": (4.7, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
+    "step_sizes": (0.3, [step(["python", "step_sizes.py"], "results/step_sizes")]),
+    "paths": (0.1, [step(["python", "optimizer_paths.py"], "results/paths")]),
+    "sharpness": (8.7, [step(["python", "sharpness.py"], "results/sharpness")]),
+    "tuning": (63.4, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
+    "train_speed": (6.4, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
+    "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
                              for repeat in ("", "/repeat-2", "/repeat-3")]),  # docs/A1 quotes their spread
-    "explorer": (0.5, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
+    "explorer": (0.3, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
                             env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
 }
 

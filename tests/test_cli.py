@@ -5,9 +5,11 @@ import subprocess
 import sys
 
 import matplotlib.image
+import numpy as np
 import pytest
 
 import mlp_mnist
+import mnist_data
 from conftest import ROOT, offline_env
 
 SHORT_RUN = ["--optimizer", "adam", "--epochs", "1", "--train-subset", "4000", "--seed", "0"]
@@ -67,6 +69,32 @@ def test_same_seed_same_metrics_and_another_seed_other_metrics(fake_dir, tmp_pat
     first, again, other = numbers("0", "a"), numbers("0", "b"), numbers("1", "c")
     assert first == again
     assert [r["train_loss"] for r in other] != [r["train_loss"] for r in first]
+    capsys.readouterr()
+
+
+@pytest.mark.parametrize("loader", ["torch", "device"])
+def test_the_seed_reaches_the_initial_weights_and_the_batch_order(fake_dir, tmp_path, monkeypatch, capsys, loader):
+    """--seed seeds both the first weights drawn and the order of the batches. (The test above would still pass
+    with either one ignored: the other alone changes the numbers.)"""
+    first_weights, order_seeds = [], []
+    real_init = mlp_mnist.init_params
+
+    def init_spy(key, *args, **kwargs):
+        params = real_init(key, *args, **kwargs)
+        first_weights.append(np.asarray(params[0][0][:4, :4]))
+        return params
+
+    monkeypatch.setattr(mlp_mnist, "init_params", init_spy)
+    for name in ("train_loader", "epoch_orders"):
+        real = getattr(mnist_data, name)
+        monkeypatch.setattr(mnist_data, name, lambda data, size, seed, real=real: (order_seeds.append(seed),
+                                                                                    real(data, size, seed))[1])
+    for seed in (0, 1):
+        order_seeds.clear()
+        mlp_mnist.main(["--epochs", "1", "--seed", str(seed), "--loader", loader, "--data-dir", fake_dir, "--out",
+                        str(tmp_path / str(seed))])
+        assert order_seeds and set(order_seeds) == {seed}
+    assert len(first_weights) == 2 and not np.array_equal(first_weights[0], first_weights[1])
     capsys.readouterr()
 
 
