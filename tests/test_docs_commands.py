@@ -171,7 +171,8 @@ def test_bash_blocks_are_read_as_a_shell_would(tmp_path, text, argv):
 
 
 def quoted_code(path):
-    """-> [(line number, file quoted, [lines])] of the ```python blocks that start with '# from FILE'."""
+    """-> [(line number, file quoted, [lines])] of the ```python blocks that start with '# from FILE' (or
+    '# from FILE: what it is', when one file is quoted twice)."""
     quotes, current = [], None
     with open(path) as f:
         for number, line in enumerate(f, 1):
@@ -182,7 +183,7 @@ def quoted_code(path):
                     quotes.append(tuple(current))
                 current = None
             elif current is not None:
-                match = re.fullmatch(r"# from (\S+)", line.strip())
+                match = re.fullmatch(r"# from ([^\s:]+)(?:: .+)?", line.strip())  # "# from FILE" or "# from FILE: what"
                 if current[1] is None and match and not current[2]:
                     current[1] = match.group(1)
                 elif line.strip():
