@@ -40,7 +40,6 @@ from train_utils import LAYER_SIZES, init_params, inputs_from_uint8, loss
 
 # --- Defaults ------------------------------------------------------------------------------
 N_IMAGES = 2000  # whole-batch loss on the first 2000 training images: one HVP ~0.08 s on 2 cores
-SEED = 0  # the initial weights, as in mlp_mnist.py's seed 0
 STEPS = 150  # long enough to see the sharpness reach the edge, hover there, then fall as the loss goes to 0
 EVERY = 5  # sharpness every 5 steps: a warm-started Lanczos costs a few HVPs each time
 LRS = (0.01, 0.04, 0.08)  # 2/lr = 200, 50, 25: the recipe's lr far below the edge, two above it
@@ -126,7 +125,7 @@ def random_start(params, key=START_KEY):
     return jax.random.normal(jax.random.key(key), flat.shape, flat.dtype)
 
 
-def adam_preconditioner(state, hyper, params):
+def adam_preconditioner(state, hyper):
     """Adam's P = sqrt(v_hat) + eps, flat (n,): its step is lr P^-1 m_hat. The stability of Adam is set by
     P^-1 H, whose eigenvalues are those of the symmetric P^-1/2 H P^-1/2 (Cohen et al. 2022): scale = P^-1/2."""
     v_hat = jax.tree.map(lambda v: v / (1 - hyper["beta2"] ** state.step.astype(v.dtype)), state.mean_square)
@@ -201,7 +200,7 @@ def trace(loss_fn, name, settings, params, batch, steps, every, v0):
                sharpness=[], lanczos_iterations=[], residuals=[], diverged=False, hvps=0)
 
     def measure_here():
-        scale = adam_preconditioner(state, hyper, params) if name == "adam" else None
+        scale = adam_preconditioner(state, hyper) if name == "adam" else None
         value, vector, used, residual = sharpness(loss_fn, params, batch, v0, TRACE_TOL, TRACE_MAX_ITER, scale)
         for key, item in (("sharpness_steps", len(run["loss"])), ("sharpness", float(value)),
                           ("lanczos_iterations", used), ("residuals", float(residual))):

@@ -164,3 +164,13 @@ def offline_env():
     """This process's environment with the network unreachable for urllib (torchvision's download)."""
     return dict(os.environ, http_proxy="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9",
                 HTTP_PROXY="http://127.0.0.1:9", HTTPS_PROXY="http://127.0.0.1:9", no_proxy="", NO_PROXY="")
+
+
+def characteristic_polynomial(name, lr, mu, h):
+    """The coefficients (highest power first) of the polynomial whose roots are the factors by which one step of
+    gd ("sgd"), heavy ball ("momentum") or "nesterov" multiplies the error along a direction of curvature h
+    (docs/02-optimizers.md derives them)."""
+    shrink = 1 - lr * h  # what one plain gradient step does along that direction
+    return {"sgd": [1, -shrink],
+            "momentum": [1, -(1 + mu - lr * h), mu],
+            "nesterov": [1, -(1 + mu) * shrink, mu * shrink]}[name]

@@ -21,7 +21,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, characteristic_polynomial
 
 PAGE = os.path.join(ROOT, "docs", "explorer.html")
 NAMES = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
@@ -240,13 +240,6 @@ def test_adams_powers_are_the_c_librarys():
 # --- Theory: rates, optimal settings, roots -------------------------------------------------------------------
 
 
-def characteristic_polynomial(name, lr, mu, h):
-    """docs/02-optimizers.md, as tests/test_optimizer_paths.py writes it."""
-    shrink = 1 - lr * h
-    return {"sgd": [1, -shrink], "momentum": [1, -(1 + mu - lr * h), mu],
-            "nesterov": [1, -(1 + mu) * shrink, mu * shrink]}[name]
-
-
 def largest_root(name, lr, mu, curvatures):
     return max(np.abs(np.roots(characteristic_polynomial(name, lr, mu, h))).max() for h in curvatures)
 
@@ -319,33 +312,17 @@ def test_measured_rates_equal_rates_json():
         assert page == pytest.approx(row["measured"], rel=1e-9), row
 
 
-def first_below(values, target):
-    """The first t with values[t] < target (None when there is none): the page's "first < 1e-3"."""
-    below = np.flatnonzero(np.asarray(values) < target)
-    return int(below[0]) if below.size else None
-
-
-def stays_below_from(values, target):
-    """The first t from which every value is below target (None when the last one is not): the page's "stays"."""
-    above = np.flatnonzero(~(np.asarray(values) < target))  # NaN counts as above
-    if not above.size:
-        return 0
-    return None if above[-1] == len(values) - 1 else int(above[-1]) + 1
-
-
 STEP_CASES = [[5, 2, 0.5, 0.1], [5, 0.5, 2, 0.1, 0.2], [0.1, 0.2], [5, 0.5, 2], [5, 6], [float("nan"), 0.5],
               [0.5, float("nan"), 0.5]]
 
 
 def test_steps_counting_equals_pythons():
-    """The page counts both ways: the first step under the target, and the step from which it stays under.
-    optimizer_paths.steps_until counts one of the two (the first, or, in its newer form, from where it stays)."""
-    from optimizer_paths import steps_until
+    """The page counts both ways, as optimizer_paths does: the first step under the target (steps_until), and the
+    step from which it stays under (steps_until_it_stays)."""
+    from optimizer_paths import steps_until, steps_until_it_stays
     got = node("RESULT = DATA.map((v) => [E.stepsUntil(v.map((x) => x ?? NaN), 1), E.staysBelowFrom(v.map((x) => x ?? NaN), 1)]);",
                [[None if math.isnan(x) else x for x in c] for c in STEP_CASES])
-    assert [tuple(pair) for pair in got] == [(first_below(v, 1), stays_below_from(v, 1)) for v in STEP_CASES]
-    python = [steps_until(v, 1) for v in STEP_CASES]
-    assert python in ([first for first, _ in got], [stays for _, stays in got]), python
+    assert [tuple(pair) for pair in got] == [(steps_until(v, 1), steps_until_it_stays(v, 1)) for v in STEP_CASES]
 
 
 PLANTED_BUGS = {  # what a wrong port would look like, as an edit of the page's core block
@@ -443,7 +420,8 @@ def python_numbers(name, settings, m, L):
         xs, ys, _ = optimizer_paths.run(name, settings, f, (1.0, 1.0), optimizer_paths.RATE_STEPS)
         measured = optimizer_paths.measured_rate(np.hypot(xs, ys))
     polynomials = {h: characteristic_polynomial(name, settings["lr"], settings.get("mu", 0.0), h) for h in (m, L)}
-    return dict(first=first_below(values, 1e-3), stays=stays_below_from(values, 1e-3),
+    return dict(first=optimizer_paths.steps_until(values, 1e-3),
+                stays=optimizer_paths.steps_until_it_stays(values, 1e-3),
                 measured=measured, theory=largest_root(name, settings["lr"], settings.get("mu", 0.0), (m, L)),
                 moduli={h: sorted(np.abs(np.roots(p)), reverse=True) for h, p in polynomials.items()})
 
@@ -491,7 +469,8 @@ def test_the_page_in_a_browser(browser, python_paths, tmp_path):
             shown_counts = [text(driver, f"{column}-{name}") for column in ("first", "stays")]
             if (name, panel) not in BOUNCING:  # (where XLA's bounce differs: see test_js_path_equals_python)
                 assert shown_counts == [str(c) if c is not None else "never" for c in
-                                        (first_below(values, 1e-3), stays_below_from(values, 1e-3))], (panel, name)
+                                        (optimizer_paths.steps_until(values, 1e-3),
+                                         optimizer_paths.steps_until_it_stays(values, 1e-3))], (panel, name)
             recorded = paths_json[panel]["optimizers"][name]["steps_to_target"]
             assert str(recorded if recorded is not None else "never") in shown_counts, (panel, name, recorded)
     assert text(driver, "angle-value") == "0°" and text(driver, "kappa-value") == "20"

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import optimizer_paths
+from conftest import characteristic_polynomial
 from optimizer_paths import KAPPAS, theory
 
 RATE_TOLERANCE = 0.0025  # measured / theory - 1; the worst case, heavy ball at kappa = 10, is 0.0016
@@ -21,19 +22,9 @@ def panels():
     return optimizer_paths.run_panels()
 
 
-def characteristic_polynomial(name, settings, h):
-    """The coefficients (highest power first) of the polynomial whose roots are the factors by which
-    one step multiplies the error along a direction of curvature h (docs/02-optimizers.md)."""
-    lr, mu = settings["lr"], settings.get("mu", 0.0)
-    shrink = 1 - lr * h  # what one plain gradient step does along that direction
-    return {"sgd": [1, -shrink],
-            "momentum": [1, -(1 + mu - lr * h), mu],
-            "nesterov": [1, -(1 + mu) * shrink, mu * shrink]}[name]
-
-
 def spectral_rate(name, settings, kappa):
     """The largest |root| over curvatures m = 1 .. L = kappa: the rate on the worst direction (NumPy's roots)."""
-    return max(np.abs(np.roots(characteristic_polynomial(name, settings, h))).max()
+    return max(np.abs(np.roots(characteristic_polynomial(name, settings["lr"], settings.get("mu", 0.0), h))).max()
                for h in np.linspace(1.0, kappa, 201))
 
 

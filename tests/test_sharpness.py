@@ -124,7 +124,7 @@ def test_adams_preconditioned_sharpness_is_that_of_p_inverse_h():
     hyper = dict(lr=jnp.float64(0.01), beta1=0.9, beta2=0.999, eps=jnp.float64(1e-3))
     state = make_optimizer("adam", **hyper).init(params)
     params, state, _ = sharpness.train_steps(loss, "adam", hyper, params, state, batch, 5)
-    scale = sharpness.adam_preconditioner(state, hyper, params)
+    scale = sharpness.adam_preconditioner(state, hyper)
     found, _, _, _ = sharpness.sharpness(loss, params, batch, sharpness.random_start(params), scale=scale, **TIGHT)
     flat, unravel = ravel_pytree(params)
     dense = np.asarray(jax.hessian(lambda theta: loss(unravel(theta), batch))(flat))
