@@ -61,7 +61,7 @@ PARTS = {
     "sweep-seeds": (4.7, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
     "step_sizes": (0.3, [step(["python", "step_sizes.py"], "results/step_sizes")]),
     "paths": (0.1, [step(["python", "optimizer_paths.py"], "results/paths")]),
-    "sharpness": (8.7, [step(["python", "sharpness.py"], "results/sharpness")]),
+    "sharpness": (9.8, [step(["python", "sharpness.py"], "results/sharpness")]),
     "tuning": (63.4, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
     "train_speed": (6.4, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
     "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
