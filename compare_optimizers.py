@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import FormatStrFormatter
 
+import checkpoint
 import many_models
 import mlp_mnist
 import reporting
@@ -70,7 +71,7 @@ def build_parser():
                    help="optimizer settings to compare, e.g. adam:lr=0.0003,eps=1e-6 (unset values take "
                         "mlp_mnist.py's defaults; default: " + " ".join(COMPARISON) + ")")
     reporting.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
-                        "--data-dir", "--out")
+                        "--data-dir", "--out", "--resume")
     return p
 
 
@@ -218,8 +219,13 @@ def train_all(args, train_set, val_set, test_set):
             print(f"== {names} ({done + 1}{f'-{done + len(group)}' if len(group) > 1 else ''} of {len(jobs)})",
                   flush=True)
             configs = [config for _, _, config in group]
-            results = (many_models.train_many(configs, train_set, test_set, val_set, log=log) if args.vmap
-                       else [mlp_mnist.train(configs[0], train_set, test_set, val_set, log=log)])
+            if args.vmap:  # one checkpoint per optimizer, its models on one axis; else one per run
+                results = many_models.train_many(configs, train_set, test_set, val_set, log=log,
+                                                 checkpoint_path=f"{args.out}/checkpoints/{configs[0]['optimizer']}.npz")
+            else:
+                label, seed, config = group[0]
+                results = [mlp_mnist.train(config, train_set, test_set, val_set, log=log, checkpoint_path=(
+                    f"{args.out}/checkpoints/{label.replace(' ', '_')}_seed={seed}.npz"))]
             for (label, seed, config), run in zip(group, results):
                 runs.append(dict(label=label, seed=seed, config=config, status=run["status"],
                                  compile_seconds=run["compile_seconds"], records=run["records"]))
@@ -235,14 +241,18 @@ def train_all(args, train_set, val_set, test_set):
 def main(argv=None):
     argv = reporting.record_command(__file__, argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = reporting.study_args(parser, argv, parser.parse_args(argv), "comparison")
+    args.configs = [tuple(c) for c in args.configs]  # (label, overrides); JSON gives them back as lists
     if args.vmap:
         args.loader = "device"  # the models share one program: mlp_mnist's device epoch under jax.vmap
-    args.out = args.out or reporting.default_out_dir("comparison")
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
     train_set, val_set, test_set = reporting.load_data_or_exit(parser, args, args.batch_size)
+    reporting.write_or_fail(args.out, lambda out: reporting.save_study_args(args), "nothing was saved")
     start = time.perf_counter()
-    runs, interrupted = train_all(args, train_set, val_set, test_set)
+    try:
+        runs, interrupted = train_all(args, train_set, val_set, test_set)
+    except checkpoint.CheckpointError as err:
+        reporting.fail(f"--resume {args.out}: {err}")
     total = time.perf_counter() - start
     reporting.write_or_fail(args.out, lambda out: print(markdown_table(
         write_results(out, args, runs, total, interrupted), args.vmap)),
@@ -251,7 +261,8 @@ def main(argv=None):
     if interrupted:
         complete = sum(r["status"] == "completed" for r in runs)
         print(f"interrupted: {args.out} holds the {complete} completed runs and the completed epochs of the "
-              f"{len(runs) - complete} others", file=sys.stderr)
+              f"{len(runs) - complete} others; python compare_optimizers.py --resume {args.out} goes on",
+              file=sys.stderr)
         sys.exit(reporting.EXIT_INTERRUPTED)
 
 

@@ -22,10 +22,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+import checkpoint
 import mlp_mnist
 import mnist_data
-from optimized_sgd import hyperparameters, make_optimizer
-from train_utils import init_params
+from optimized_sgd import hyperparameters
 
 SAME_FOR_ALL = ("optimizer", "epochs", "batch_size", "train_subset", "val_size")  # what one program shares
 
@@ -50,34 +50,54 @@ def many_epochs(params, opt_state, hyper, images, labels, orders, name, batch_si
 many_predictions = jax.jit(jax.vmap(mlp_mnist.predicted_digits, in_axes=(0, None)))  # params (S, ...) -> (S, B)
 
 
-def train_many(configs, train_set, test_set, val_set=None, log=print, train_accuracy=True):
+def initial_states(name, hyper, seeds):
+    """S new models and their optimizer states -> {"params", "opt_state"}, every leaf with a model axis (S, ...)."""
+    return jax.vmap(lambda h, s: mlp_mnist.initial_state(name, h, s))(hyper, seeds)
+
+
+def train_many(configs, train_set, test_set, val_set=None, log=print, train_accuracy=True, checkpoint_path=None):
     """Train one model per config, all at once -> [the dict mlp_mnist.train returns, one per config].
 
     The configs are mlp_mnist configs that differ only in seed and hyperparameters (the loader is
     the device loader, whatever they say). train_accuracy=False skips the accuracy on the training
-    images (records hold None): a study that chooses on validation data saves that time.
+    images (records hold None): a study that chooses on validation data saves that time. With
+    checkpoint_path, as mlp_mnist.train: one checkpoint for all of them, every leaf with the model axis.
     """
     for key in SAME_FOR_ALL:
         if len({c[key] for c in configs}) > 1:
             raise ValueError(f"train_many: every config must have the same {key}")
     name, batch_size, n, count = configs[0]["optimizer"], configs[0]["batch_size"], len(train_set), len(configs)
+    hyper_of = lambda configs: {key: np.array([c[key] for c in configs], np.float32)  # noqa: E731
+                                for key in hyperparameters(name)}
+    template = jax.eval_shape(lambda: initial_states(name, hyper_of(configs), jnp.array([c["seed"] for c in configs])))
+    done, saved, results = mlp_mnist.resume_point(checkpoint_path, configs, template)
+    if done == configs[0]["epochs"]:
+        return results  # nothing left to train
     per_model, shared, padded = model_shardings(count)
-    configs = configs + [configs[-1]] * (padded - len(configs))
+    real_configs, configs = configs, configs + [configs[-1]] * (padded - len(configs))
     data = mlp_mnist.device_data(train_set, val_set, test_set)
     images = {field: jax.device_put(getattr(data, field), shared)  # every device holds all the images
               for field in ("train_images", "train_labels", "val_images", "test_images")}
     data = data._replace(**images)
 
-    def setup():
-        keys = jax.vmap(jax.random.key)(jnp.array([c["seed"] for c in configs]))  # one key per model
-        params = jax.device_put(jax.vmap(init_params)(keys), per_model)
-        hyper = jax.device_put({key: np.array([c[key] for c in configs], np.float32)
-                                for key in hyperparameters(name)}, per_model)
-        opt_state = jax.jit(jax.vmap(lambda p, h: make_optimizer(name, **h).init(p)))(params, hyper)
-        orders = [mnist_data.epoch_orders(n, batch_size, c["seed"]) for c in configs]
+    def keep(epoch, params, opt_state, results):  # the real models only: the padding copies are made again
+        if checkpoint_path:
+            state = jax.tree.map(lambda leaf: np.asarray(leaf)[:count], dict(params=params, opt_state=opt_state))
+            checkpoint.save_run(checkpoint_path, state, epoch, real_configs, results[:count])
 
-        def run_epoch(params, opt_state, hyper):
-            order = jax.device_put(np.stack([next(o) for o in orders]), per_model)  # every model's batches
+    def setup():
+        hyper = jax.device_put(hyper_of(configs), per_model)
+        if saved:  # the padding models are copies of the last one, as they were when it started
+            pad = lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (padded - count))  # noqa: E731
+            state = jax.device_put(jax.tree.map(pad, saved), per_model)
+        else:
+            state = jax.jit(initial_states, static_argnums=0, out_shardings=per_model)(
+                name, hyper, jnp.array([c["seed"] for c in configs]))
+        params, opt_state = state["params"], state["opt_state"]
+
+        def run_epoch(params, opt_state, hyper, epoch):
+            order = jax.device_put(np.stack([mnist_data.epoch_order(n, c["seed"], epoch) for c in configs]),
+                                   per_model)  # every model's batches
             return many_epochs(params, opt_state, hyper, data.train_images, data.train_labels, order,
                                name=name, batch_size=batch_size)
 
@@ -92,5 +112,6 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, train_accu
         if not (first.isdigit() and int(first) >= count):
             log(line)
 
-    return mlp_mnist.loop(setup, padded, data, configs[0]["epochs"], log_real_models, train_accuracy=train_accuracy)[
-        :count]
+    padding = mlp_mnist.new_results(padded - count)
+    return mlp_mnist.loop(setup, padded, data, configs[0]["epochs"], log_real_models, train_accuracy=train_accuracy,
+                          done=done, results=results and results + padding, keep=keep)[:count]

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+import checkpoint
 import mnist_data
 import reporting
 from optimized_sgd import OPTIMIZERS, hyperparameters, make_optimizer
@@ -89,8 +90,9 @@ def train_step(params, opt_state, hyper, images, labels, name):
 # --- One epoch ------------------------------------------------------------------------
 
 
-def torch_epoch(params, opt_state, hyper, loader, name):
-    """One epoch through a torch DataLoader, one train_step call per batch -> (params, opt_state, mean loss)."""
+def torch_epoch(params, opt_state, hyper, epoch, loader, name):
+    """Epoch `epoch` through a torch DataLoader, one train_step call per batch -> (params, opt_state, mean loss)."""
+    loader.sampler.epoch = epoch  # the order is a function of (seed, epoch): nothing else to carry or restore
     losses, sizes = [], []
     for images, labels in tqdm(loader, leave=False, disable=not sys.stderr.isatty()):
         params, opt_state, loss_value = train_step(params, opt_state, hyper, images.numpy(), labels.numpy(), name=name)
@@ -103,7 +105,7 @@ def torch_epoch(params, opt_state, hyper, loader, name):
 def device_epoch(params, opt_state, hyper, images, labels, order, name, batch_size):
     """One epoch as one compiled program, the images on the device -> (params, opt_state, mean loss).
 
-    order int32 (n,): the epoch's image order (mnist_data.epoch_orders), so that the batches are the
+    order int32 (n,): the epoch's image order (mnist_data.epoch_order), so that the batches are the
     DataLoader's. jax.lax.scan runs train_step over the full batches; the last, smaller batch gets
     one more step after it. As in torch_epoch, the mean loss weights each batch by its size.
     """
@@ -144,10 +146,12 @@ def piece_sizes(n, size):
 
 
 def compile_predictions(predict, params, data):
-    """Compile predict for every chunk size evaluation will meet, before any clock starts."""
+    """Compile predict for every chunk size evaluation will meet, before any clock starts: by calling it once on
+    a real chunk of that size, so that it is compiled for the very shardings evaluation's slices have (under
+    many_models' vmap, slices of images replicated across the devices)."""
     for images in (data.train_images, data.val_images, data.test_images):
         for size in piece_sizes(len(images), EVAL_CHUNK) if images is not None else ():
-            predict.lower(params, jax.ShapeDtypeStruct((size, 28, 28), jnp.uint8)).compile()
+            jax.block_until_ready(predict(params, images[:size]))
 
 
 def accuracy(predicted, row, digits):
@@ -164,21 +168,28 @@ class Models(NamedTuple):
     params: object  # a pytree; for S > 1 each leaf has a leading model axis of size S
     opt_state: object
     hyper: dict  # {"lr": float32 array, ...}: scalars, or (S,)
-    run_epoch: Callable  # (params, opt_state, hyper) -> (params, opt_state, mean loss: scalar or (S,))
+    run_epoch: Callable  # (params, opt_state, hyper, epoch) -> (params, opt_state, mean loss: scalar or (S,))
     predict_digits: Callable  # jitted (params, images (B, 28, 28)) -> digits (B,) or (S, B)
 
 
-def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, train_accuracy=True):
-    """setup() -> Models (count of them), then `epochs` epochs of training and evaluation -> one dict per
-    model: status ("completed", "diverged in epoch N", "interrupted"), records (one dict per completed
+def new_results(count):
+    return [dict(status="completed", records=[], compile_seconds=None, test_predictions=None) for _ in range(count)]
+
+
+def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, train_accuracy=True, done=0,
+         results=None, keep=lambda epoch, params, opt_state, results: None):
+    """setup() -> Models (count of them), then epochs done+1 .. `epochs` of training and evaluation -> one dict
+    per model: status ("completed", "diverged in epoch N", "interrupted"), records (one dict per completed
     epoch), compile_seconds (setup's), test_predictions (N,).
 
-    A model whose mean loss is NaN or infinite stops recording; the others go on. Ctrl-C,
-    wherever it lands (setup included), ends the loop with what was completed. Written for S models so
-    that many_models.py runs this same loop; for mlp_mnist.py's one model (count 1) the mean loss is one
-    number and the predictions one row, which np.atleast_1d and np.atleast_2d turn into S = 1 of each.
+    A resumed run passes the epochs it has `done` and their `results`; keep(epoch, params, opt_state,
+    results) saves each finished epoch (a checkpoint) before the next one starts. A model whose mean loss
+    is NaN or infinite stops recording; the others go on. Ctrl-C, wherever it lands (setup included),
+    ends the loop with what was completed. Written for S models so that many_models.py runs this same
+    loop; for mlp_mnist.py's one model (count 1) the mean loss is one number and the predictions one
+    row, which np.atleast_1d and np.atleast_2d turn into S = 1 of each.
     """
-    results = [dict(status="completed", records=[], compile_seconds=None, test_predictions=None) for _ in range(count)]
+    results = results or new_results(count)
     try:
         start = time.perf_counter()
         models = setup()  # the model, the optimizer, every program compiled
@@ -186,9 +197,9 @@ def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, t
             result["compile_seconds"] = time.perf_counter() - start
         params, opt_state = models.params, models.opt_state
         log(f"{'model  ' if count > 1 else ''}epoch  train s  eval s  train loss  train acc  val acc  test acc")
-        for epoch in range(1, epochs + 1):
+        for epoch in range(done + 1, epochs + 1):
             start = time.perf_counter()
-            params, opt_state, losses = models.run_epoch(params, opt_state, models.hyper)
+            params, opt_state, losses = models.run_epoch(params, opt_state, models.hyper, epoch)
             losses = np.atleast_1d(jax.device_get(losses))  # waits for the epoch's last step
             train_seconds = time.perf_counter() - start
             for result, loss_value in zip(results, losses):
@@ -211,6 +222,7 @@ def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, t
                         test_accuracy=accuracy(test_digits, i, data.test_digits)))
                     result["test_predictions"] = None if test_digits is None else test_digits[i]
                     log(log_line(result["records"][-1], f"{i:>5}  " if count > 1 else ""))
+            keep(epoch, params, opt_state, results)  # before the next epoch donates params and opt_state
             on_epoch(results)
     except KeyboardInterrupt:
         for result in results:
@@ -230,19 +242,35 @@ def hyper_arrays(config):
     return {key: jnp.float32(config[key]) for key in hyperparameters(config["optimizer"])}
 
 
-def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda results: None, train_accuracy=True):
+def initial_state(name, hyper, seed):
+    """A new model and its optimizer's state -> {"params", "opt_state"}: what a checkpoint holds."""
+    params = init_params(jax.random.key(seed))
+    return dict(params=params, opt_state=make_optimizer(name, **hyper).init(params))
+
+
+def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda results: None, train_accuracy=True,
+          checkpoint_path=None):
     """Train one model as `config` says -> dict(status, records, compile_seconds, test_predictions) (see loop).
 
     config["loader"]: "torch" (a DataLoader, one jitted step per batch) or "device" (each epoch one
-    compiled program); both train on the same batches in the same order.
+    compiled program); both train on the same batches in the same order. With checkpoint_path, the
+    params and optimizer state are saved there after every epoch, and a checkpoint already there is
+    resumed (checkpoint.load_run checks that it is this run's), bit for bit as if never stopped.
     """
     name, batch_size, seed = config["optimizer"], config["batch_size"], config["seed"]
+    hyper = hyper_arrays(config)
+    done, saved, results = resume_point(checkpoint_path, [config], jax.eval_shape(lambda: initial_state(name, hyper, seed)))
+    if done == config["epochs"]:
+        return results[0]  # nothing left to train
     data = device_data(train_set, val_set, test_set)
 
+    def keep(epoch, params, opt_state, results):
+        if checkpoint_path:
+            checkpoint.save_run(checkpoint_path, dict(params=params, opt_state=opt_state), epoch, [config], results)
+
     def setup():
-        params = init_params(jax.random.key(seed))
-        hyper = hyper_arrays(config)
-        opt_state = make_optimizer(name, **hyper).init(params)
+        state = jax.device_put(saved) if saved else initial_state(name, hyper, seed)
+        params, opt_state = state["params"], state["opt_state"]
         if config["loader"] == "torch":  # compiled now, before any clock starts: lower + compile fills jit's cache
             loader = mnist_data.train_loader(train_set, batch_size, seed)
             run_epoch = partial(torch_epoch, loader=loader, name=name)
@@ -251,17 +279,25 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
                 labels = jax.ShapeDtypeStruct((size,), jnp.uint8)
                 train_step.lower(params, opt_state, hyper, images, labels, name=name).compile()
         else:
-            orders = mnist_data.epoch_orders(len(train_set), batch_size, seed)
-            run_epoch = lambda params, opt_state, hyper: device_epoch(  # noqa: E731
-                params, opt_state, hyper, data.train_images, data.train_labels, next(orders), name=name,
-                batch_size=batch_size)
+            run_epoch = lambda params, opt_state, hyper, epoch: device_epoch(  # noqa: E731
+                params, opt_state, hyper, data.train_images, data.train_labels,
+                mnist_data.epoch_order(len(train_set), seed, epoch), name=name, batch_size=batch_size)
             device_epoch.lower(params, opt_state, hyper, data.train_images, data.train_labels,
                                jax.ShapeDtypeStruct((len(train_set),), jnp.int32), name=name,
                                batch_size=batch_size).compile()
         compile_predictions(predicted_digits, params, data)
         return Models(params, opt_state, hyper, run_epoch, predicted_digits)
 
-    return loop(setup, 1, data, config["epochs"], log, on_epoch, train_accuracy)[0]
+    return loop(setup, 1, data, config["epochs"], log, on_epoch, train_accuracy, done, results, keep)[0]
+
+
+def resume_point(path, configs, template):
+    """Where training starts -> (epochs done, the saved state or None, the results so far or None): from the
+    checkpoint at path when there is one (checkpoint.load_run; CheckpointError when it is not these models'),
+    else from the start."""
+    if not path or not os.path.exists(path):
+        return 0, None, None
+    return checkpoint.load_run(path, configs, template)
 
 
 # --- The command line ----------------------------------------------------------------------
@@ -275,24 +311,58 @@ def build_parser():
                    help="the update rule (default: %(default)s)")
     reporting.add_hyperparameter_flags(p)
     reporting.add_flags(p, "--epochs", "--batch-size", "--seed", "--train-subset", "--val-size", "--loader",
-                        "--data-dir", "--out")
+                        "--data-dir", "--out", "--resume")
     return p
+
+
+def resumed_config(parser, argv, args):
+    """--resume DIR -> the run's config, from DIR/checkpoint.npz, with --epochs (which may grow) and --data-dir as
+    given now. Any other flag given must agree with the run's; anything amiss ends with one line, exit 2."""
+    out = args.resume
+    if not os.path.isfile(f"{out}/checkpoint.npz"):
+        reporting.fail(f"--resume {out}: holds no run to resume (no checkpoint.npz there)")
+    try:
+        _, meta = checkpoint.read_run(f"{out}/checkpoint.npz")
+    except checkpoint.CheckpointError as err:
+        reporting.fail(f"--resume: {err}")
+    if len(meta["configs"]) != 1:
+        reporting.fail(f"--resume {out}: its checkpoint.npz holds {len(meta['configs'])} models, a study's: resume "
+                       f"the study with its own script")
+    config = meta["configs"][0]
+    config = reporting.check_resumed_flags(parser, argv, config, f"--resume {out}")
+    metrics = reporting.read_json_or_none(f"{out}/metrics.json") or {}
+    if str(metrics.get("status", "")).startswith("diverged"):
+        reporting.fail(f"--resume {out}: the run {metrics['status']}; resuming would only repeat it: start a new run "
+                       f"with a smaller --lr")
+    if metrics.get("completed_epochs", 0) > meta["epoch"]:
+        reporting.fail(f"--resume {out}: metrics.json holds {metrics['completed_epochs']} epochs, checkpoint.npz "
+                       f"only {meta['epoch']}: resuming would lose epochs (was checkpoint.npz replaced?)")
+    if meta["epoch"] >= config["epochs"]:
+        reporting.fail(f"--resume {out}: the run already has its {meta['epoch']} epochs; give --epochs N (more) to "
+                       f"train on")
+    return dict(config, data_dir=args.data_dir, out=out, resume=out)
 
 
 def main(argv=None):
     argv = reporting.record_command(__file__, argv)
     parser = build_parser()
-    config = reporting.resolve_hyperparameters(parser, vars(parser.parse_args(argv)))
-    config["out"] = out = config["out"] or reporting.default_out_dir("mlp_mnist")
+    args = parser.parse_args(argv)
+    if args.resume:
+        config = resumed_config(parser, argv, args)
+    else:
+        config = reporting.resolve_hyperparameters(parser, vars(args))
+        config["out"] = config["out"] or reporting.default_out_dir("mlp_mnist")
+    out = config["out"]
     torch.set_num_threads(1)  # torch only indexes batches; the cores are XLA's
     train_set, val_set, test_set = reporting.load_data_or_exit(parser, argparse.Namespace(**config),
                                                                config["batch_size"])
-    lines = []
+    lines = reporting.read_log_lines(f"{out}/log.txt") if args.resume else []
     log = lambda line: (print(line), lines.append(line))  # noqa: E731
 
     def save(results):
         run = results[0]
         kept = (f"{out}/metrics.json keeps what it held before" if os.path.exists(f"{out}/metrics.json")
+                else f"{out}/checkpoint.npz holds the finished epochs" if os.path.exists(f"{out}/checkpoint.npz")
                 else "nothing was saved")
         reporting.write_or_fail(f"{out}/metrics.json", lambda path: reporting.write_json(path, dict(
             config=config, layer_sizes=list(LAYER_SIZES), status=run["status"], completed_epochs=len(run["records"]),
@@ -301,16 +371,24 @@ def main(argv=None):
 
     held_out = f", {len(val_set)} held out for validation" if val_set is not None else ""
     log(f"{config['optimizer']}, lr {config['lr']}, {len(train_set)} training images{held_out}, "
-        f"batch {config['batch_size']}, seed {config['seed']}, {config['loader']} loader, on {jax.devices()[0]}")
-    run = train(config, train_set, test_set, val_set, log=log, on_epoch=save)
+        f"batch {config['batch_size']}, seed {config['seed']}, {config['loader']} loader, on {jax.devices()[0]}"
+        + (f"; resumed from {out}/checkpoint.npz" if args.resume else ""))
+    try:
+        run = train(config, train_set, test_set, val_set, log=log, on_epoch=save,
+                    checkpoint_path=f"{out}/checkpoint.npz")
+    except checkpoint.CheckpointError as err:
+        reporting.fail(f"--resume: {err}")
     save([run])
     if run["status"].startswith("diverged"):
         reporting.fail(f"the training loss {run['status']} (NaN or infinite): try a smaller --lr than {config['lr']}; "
                        f"{out}/metrics.json holds the {len(run['records'])} epochs before it", reporting.EXIT_DIVERGED)
     if run["status"] == "interrupted":
-        print(f"interrupted after {len(run['records'])} completed epochs; {out}/metrics.json holds them",
-              file=sys.stderr)
+        print(f"interrupted after {len(run['records'])} completed epochs; {out}/metrics.json holds them, and "
+              f"python mlp_mnist.py --resume {out} goes on from checkpoint.npz", file=sys.stderr)
         sys.exit(reporting.EXIT_INTERRUPTED)
+    reporting.write_or_fail(f"{out}/model.npz", lambda path: checkpoint.save_model(
+        f"{out}/checkpoint.npz", path, test_accuracy=run["records"][-1]["test_accuracy"]),
+        f"{out}/checkpoint.npz holds the trained params")
     title = f"{config['optimizer']}, lr {config['lr']:g}, seed {config['seed']}"
     note = " (at the look-ahead theta - mu v)" if config["optimizer"] == "nesterov" else ""
     images, labels = test_set.data.numpy(), test_set.targets.numpy()
@@ -321,7 +399,8 @@ def main(argv=None):
         reporting.plot_misclassified(images, labels, run["test_predictions"], f"{out}/misclassified.png")
 
     reporting.write_or_fail(out, plots, f"{out}/metrics.json holds the results")
-    print(f"wrote {out}/metrics.json, log.txt, curves.png, confusion.png, misclassified.png")
+    print(f"wrote {out}/metrics.json, log.txt, checkpoint.npz, model.npz, curves.png, confusion.png, "
+          f"misclassified.png")
 
 
 if __name__ == "__main__":

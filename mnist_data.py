@@ -226,36 +226,36 @@ def whole_batch(batch):
     return batch
 
 
-def train_loader(dataset, batch_size, seed):
-    """Batches of `dataset` in a fresh order every epoch, drawn from a generator seeded by `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, generator=generator,
-                      collate_fn=whole_batch)
+def epoch_order(n, seed, epoch):
+    """The order in which epoch `epoch` (1, 2, ...) of a run with `seed` visits n images -> int32 (n,).
+
+    A function of (seed, epoch) alone, with no generator carried from one epoch to the next: a run
+    resumed at epoch k draws epoch k's order at once, without replaying epochs 1 .. k-1.
+    """
+    return np.random.default_rng([seed, epoch]).permutation(n).astype(np.int32)
 
 
-class Indices(torch.utils.data.Dataset):
-    """The numbers 0 .. n-1 as a dataset: a batch of indices -> those indices, int32 (B,)."""
+class EpochSampler(torch.utils.data.Sampler):
+    """The DataLoader's order: epoch_order(n, seed, self.epoch). mlp_mnist.py sets .epoch before each
+    pass; a pass that was not told moves on by itself, so a plain loop over the loader gets epoch 1's
+    order, then epoch 2's, ..."""
 
-    def __init__(self, n):
-        self.n = n
+    def __init__(self, n, seed):
+        self.n, self.seed, self.epoch = n, seed, 1
 
     def __len__(self):
         return self.n
 
-    def __getitems__(self, indices):
-        return torch.as_tensor(indices, dtype=torch.int32)
+    def __iter__(self):
+        order = epoch_order(self.n, self.seed, self.epoch)
+        self.epoch += 1
+        return iter(order.tolist())
 
 
-def epoch_orders(n, batch_size, seed):
-    """The order in which train_loader(a dataset of n images, batch_size, seed) visits them.
-
-    -> an endless iterator of int32 arrays (n,), one per epoch: epoch k's images are
-    dataset[order[0:B]], dataset[order[B:2B]], ... exactly as the DataLoader batches them,
-    because the order comes from the very same DataLoader, run over indices instead of images.
-    """
-    loader = train_loader(Indices(n), batch_size, seed)
-    while True:
-        yield torch.cat(list(loader)).numpy()
+def train_loader(dataset, batch_size, seed):
+    """Batches of `dataset`, batch_size at a time, in epoch_order's order (its .sampler.epoch says which epoch)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=EpochSampler(len(dataset), seed),
+                      collate_fn=whole_batch)
 
 
 def load_mnist(data_dir, train_subset=None, val_size=0):

@@ -37,9 +37,6 @@ EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 2, 3, 4, 13
 
 # --- Command-line numbers ----------------------------------------------------------------
 
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # hyperparameters become float32 arrays: 1e39 would be inf
-
-
 def number_type(kind, check, requirement):
     """An argparse type: parse with `kind` (int or float), require check(value), else a usage error.
 
@@ -59,10 +56,28 @@ def number_type(kind, check, requirement):
     return parse
 
 
-positive_float = number_type(float, lambda v: 0 < v <= FLOAT32_MAX, "a positive finite number (in float32's range)")
+def float32_type(check, requirement):
+    """An argparse type for a hyperparameter, which the training holds as a float32 array: check() must hold for the
+    float32 value too, not only for the number typed (0.99999999 is 1.0 in float32, 1e-50 is 0.0, 1e39 inf)."""
+    parse_float = number_type(float, check, requirement)
+
+    def parse(text):
+        value = parse_float(text)
+        with np.errstate(over="ignore"):
+            single = float(np.float32(value))
+        if not check(single):
+            raise argparse.ArgumentTypeError(f"{text} is {single:g} in float32, which the training computes in: "
+                                             f"not {requirement}")
+        return value
+
+    parse.__name__ = requirement
+    return parse
+
+
+positive_float = float32_type(lambda v: 0 < v < math.inf, "a positive finite number")
 positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_int = number_type(int, lambda v: v >= 0, "a whole number >= 0")
-unit_interval = number_type(float, lambda v: 0 <= v < 1, "in [0, 1)")
+unit_interval = float32_type(lambda v: 0 <= v < 1, "in [0, 1)")
 
 
 # --- The flags several scripts share --------------------------------------------------------
@@ -75,9 +90,10 @@ LOADERS = ("torch", "device")  # the DataLoader path first: the way JAX's tutori
 SHARED_FLAGS = {
     "--epochs": dict(type=positive_int, default=10, help="passes over the training images (default: %(default)s)"),
     "--batch-size": dict(type=positive_int, default=128, help="images per training step (default: %(default)s)"),
-    "--seed": dict(type=int, default=0, help="seeds the initial weights (jax.random) and the order of the batches "
-                                             "(torch.Generator) (default: %(default)s)"),
-    "--seeds": dict(type=int, nargs="+", default=[0, 1, 2], metavar="SEED",
+    "--seed": dict(type=non_negative_int, default=0,
+                   help="seeds the initial weights (jax.random) and the order of the batches (each epoch's its own: "
+                        "numpy's default_rng([seed, epoch])) (default: %(default)s)"),
+    "--seeds": dict(type=non_negative_int, nargs="+", default=[0, 1, 2], metavar="SEED",
                     help="the seeds every setting is trained with, each as --seed does (default: 0 1 2)"),
     "--train-subset": dict(type=positive_int, default=None, metavar="N",
                            help="use only the first N training images (default: all of them; with --val-size, "
@@ -103,6 +119,11 @@ SHARED_FLAGS = {
                   help="new or empty folder for the files this script writes; a folder that holds files is "
                        "refused, so nothing you have is overwritten (default: runs/SCRIPT, or runs/SCRIPT-2, -3, "
                        "... when that one holds files)"),
+    "--resume": dict(metavar="DIR", default=None,
+                     help="go on with the run in DIR from its last finished epoch (its checkpoint), ending bit for "
+                          "bit where it would have ended had it never stopped; its settings come from DIR: a flag "
+                          "given too must agree with them, except --epochs, which may grow, and --data-dir "
+                          "(default: start a new run)"),
     "--json": dict(action="store_true",
                    help="print the results as JSON instead of the tables; the files are written either way "
                         "(default: off)"),
@@ -163,6 +184,72 @@ def resolve_hyperparameters(parser, config):
         parser.error(f"argument --{err.key}: {err}")
 
 
+def given_flags(parser, argv):
+    """The flags that argv gives -> {dest: parsed value}; the ones left at their defaults are not in it."""
+    unset = object()  # argparse fills in a default only where the namespace holds nothing yet
+    namespace = argparse.Namespace(**{action.dest: unset for action in parser._actions})
+    return {key: value for key, value in vars(parser.parse_args(argv, namespace)).items() if value is not unset}
+
+
+def check_resumed_flags(parser, argv, saved, what):
+    """saved: the settings of the run being resumed (a dict) -> them, with --epochs as argv gives it. Any other
+    flag in argv must agree with them (--data-dir aside, and --resume itself); else one line, exit 2."""
+    given = given_flags(parser, argv)
+    if "out" in given:
+        fail(f"{what}: --out too: a resumed run writes into the folder it resumes")
+    for key, value in given.items():
+        if key not in ("epochs", "data_dir", "resume") and json.loads(json.dumps(value)) != saved.get(key):
+            fail(f"{what}: --{key.replace('_', '-')} {value} is not the run's ({saved.get(key)}); only --epochs "
+                 f"(more of them) and --data-dir may change")
+    return dict(saved, epochs=given.get("epochs", saved["epochs"]))
+
+
+STUDY_FILE = "checkpoints/study.json"  # a study's settings, beside its checkpoints: what --resume DIR reads
+
+
+def study_args(parser, argv, args, name):
+    """A study's settings -> args: a new study's as parsed (--out by default runs/NAME), or with --resume DIR those
+    saved in DIR, with the flags given now checked against them (check_resumed_flags); --out is then DIR."""
+    if not args.resume:
+        args.out = args.out or default_out_dir(name)
+        args.settings = {key: value for key, value in vars(args).items() if key not in ("out", "data_dir", "resume")}
+        return args
+    saved = read_json_or_none(f"{args.resume}/{STUDY_FILE}")
+    if not isinstance(saved, dict):
+        fail(f"--resume {args.resume}: holds no study to resume (no readable {STUDY_FILE})")
+    saved.pop("provenance", None)
+    settings = check_resumed_flags(parser, argv, saved, f"--resume {args.resume}")
+    return argparse.Namespace(**dict(vars(args), **settings, out=args.resume, settings=settings))
+
+
+def save_study_args(args):
+    """After --out is claimed: the study's settings (args.settings; a resumed one's with --epochs as given now)
+    into STUDY_FILE, for --resume."""
+    os.makedirs(os.path.dirname(f"{args.out}/{STUDY_FILE}"), exist_ok=True)
+    write_json(f"{args.out}/{STUDY_FILE}", args.settings)
+
+
+def read_json_or_none(path):
+    """A JSON file -> its content, or None when it is missing or unreadable."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def read_log_lines(path):
+    """A log.txt that write_text wrote -> its lines without the provenance footer ([] when there is none)."""
+    try:
+        with open(path) as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    while lines and (not lines[-1].strip() or lines[-1].startswith(f"# {PROVENANCE_MARK}")):
+        lines.pop()
+    return lines
+
+
 def command_line(script, argv):
     """'python SCRIPT ARGS' as a learner types it, from the repository root."""
     return " ".join(["python", os.path.relpath(os.path.abspath(script), ROOT)] + list(argv))
@@ -194,7 +281,8 @@ def load_data_or_exit(parser, args, batch_size=1):
     import mnist_data  # here, not at the top: verify_vectors.py needs no MNIST (and no torch)
 
     try:
-        claim_out_dir(args.out)
+        if not getattr(args, "resume", None):  # a resumed run writes into its own folder, which holds its files
+            claim_out_dir(args.out)
         splits = mnist_data.load_mnist(args.data_dir, getattr(args, "train_subset", None),
                                               getattr(args, "val_size", 0))
     except (mnist_data.DataError, OutDirError) as err:
@@ -515,6 +603,11 @@ def write_json(path, obj):
     """obj (a dict) as JSON, with a "provenance" entry added."""
     content = json.dumps(dict(obj, provenance=provenance()), indent=2) + "\n"
     _atomic_write(path, lambda f: f.write(content.encode()))
+
+
+def write_npz(path, arrays):
+    """{name: array} as one uncompressed .npz (np.savez), atomically: NumPy alone reads it back."""
+    _atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def save_figure(fig, path):

@@ -43,6 +43,7 @@ import numpy as np
 import torch
 from matplotlib.ticker import FormatStrFormatter
 
+import checkpoint
 import many_models
 import mlp_mnist
 import reporting
@@ -70,7 +71,7 @@ def build_parser():
                         " ".join(f"{lr:g}" for lr in LRS) + ")")
     p.add_argument("--adam-eps", type=reporting.positive_float, nargs="+", default=ADAM_EPS, metavar="EPS",
                    help="eps values of the entry 'adam (lr x eps)' (default: %(default)s)")
-    p.add_argument("--report-seeds", type=int, nargs="+", default=REPORT_SEEDS, metavar="SEED",
+    p.add_argument("--report-seeds", type=reporting.non_negative_int, nargs="+", default=REPORT_SEEDS, metavar="SEED",
                    help="the seeds each selected setting is trained with again, for the report: validation and "
                         "test accuracy (default: 3 4 ... 12)")
     p.add_argument("--reuse", metavar="DIR",
@@ -78,7 +79,7 @@ def build_parser():
                         "lr, eps, seed, epochs, split) are taken as they are; only the others are trained "
                         "(default: none)")
     reporting.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
-                        "--data-dir", "--out", val_size=VAL_SIZE)
+                        "--data-dir", "--out", "--resume", val_size=VAL_SIZE)
     return p
 
 
@@ -108,18 +109,25 @@ def run_key(config):
     return config["optimizer"], config["lr"], config.get("eps"), config["seed"]
 
 
-def train_optimizer(args, name, configs, data):
-    """Every config of one optimizer -> the runs mlp_mnist.train returns, in order; all at once under --vmap."""
+def train_optimizer(args, name, configs, data, phase):
+    """Every config of one optimizer -> the runs mlp_mnist.train returns, in order; all at once under --vmap.
+
+    Each run (under --vmap, each phase's group of runs) keeps a checkpoint in --out/checkpoints, which a
+    resumed study (--resume) goes on from."""
     train_set, val_set, test_set = data
     log = lambda line: print("   " + line, flush=True)  # noqa: E731
     if args.vmap:
         print(f"== {name}: {len(configs)} models at once", flush=True)
-        return many_models.train_many(configs, train_set, test_set, val_set, log=log, train_accuracy=False)
+        return many_models.train_many(configs, train_set, test_set, val_set, log=log, train_accuracy=False,
+                                      checkpoint_path=f"{args.out}/checkpoints/{phase}-{name}.npz")
     runs = []
     for i, config in enumerate(configs):
         settings = " ".join(f"{k} {v:g}" for k, v in config.items() if k in ("lr", "eps"))
         print(f"== {name} {settings} seed {config['seed']} ({i + 1} of {len(configs)})", flush=True)
-        runs.append(mlp_mnist.train(config, train_set, test_set, val_set, log=log, train_accuracy=False))
+        path = "_".join([f"{args.out}/checkpoints/{name}"] + [f"{k}={config[k]!r}" for k in hyperparameters(name)]
+                        + [f"seed={config['seed']}.npz"])
+        runs.append(mlp_mnist.train(config, train_set, test_set, val_set, log=log, train_accuracy=False,
+                                    checkpoint_path=path))
         if runs[-1]["status"] == "interrupted":
             break
     return runs
@@ -376,7 +384,7 @@ def optimizer_configs(args, grid, name, seeds_of_label):
 def train_phase(args, configs, data, done, seconds, name, phase):
     """Train `configs` ({run_key: config}) -> True when interrupted; finished runs go into `done`."""
     start = time.perf_counter()
-    runs = train_optimizer(args, name, list(configs.values()), data) if configs else []
+    runs = train_optimizer(args, name, list(configs.values()), data, phase) if configs else []
     seconds[f"{phase} {name}"] = time.perf_counter() - start
     seconds[f"{phase} {name} models"] = len(configs)
     if any(run["status"] == "interrupted" for run in runs):
@@ -388,19 +396,18 @@ def train_phase(args, configs, data, done, seconds, name, phase):
 def main(argv=None):
     argv = reporting.record_command(__file__, argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = reporting.study_args(parser, argv, parser.parse_args(argv), "tuning")
     args.lrs = sorted(set(args.lrs))
     if set(args.seeds) & set(args.report_seeds):
         parser.error(f"argument --report-seeds: {sorted(set(args.seeds) & set(args.report_seeds))} also select the "
                      f"settings (--seeds): the report needs seeds of its own")
     if args.vmap:
         args.loader = "device"  # the models share one program: mlp_mnist's device epoch under jax.vmap
-    args.out = args.out or reporting.default_out_dir("tuning")
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
-    train_set, val_set, test_set = reporting.load_data_or_exit(parser, args, args.batch_size)
-    if val_set is None:
+    if args.val_size < 1:
         parser.error("argument --val-size: must be at least 1: the learning rates are chosen on validation data")
-
+    train_set, val_set, test_set = reporting.load_data_or_exit(parser, args, args.batch_size)
+    reporting.write_or_fail(args.out, lambda out: reporting.save_study_args(args), "nothing was saved")
 
     grid = entries(args.optimizers, args.lrs, args.adam_eps)
     results, report_results, seconds, interrupted = {}, {}, {}, False  # run_key -> (config, run)
@@ -434,6 +441,8 @@ def main(argv=None):
                 break
     except KeyboardInterrupt:
         interrupted = True
+    except checkpoint.CheckpointError as err:
+        reporting.fail(f"--resume {args.out}: {err}")
     rows, selected, reported, winner = save(interrupted)
     print(markdown(args, rows, selected, reported, winner, seconds))
     print(f"{len(results)} selection runs and {len(report_results)} report runs in "
@@ -444,7 +453,8 @@ def main(argv=None):
             print(f"note: {label}'s selected lr {chosen['lr']:g} is at the edge of the grid: widen --lrs",
                   file=sys.stderr)
     if interrupted:
-        print(f"interrupted: {args.out} holds the optimizers that finished", file=sys.stderr)
+        print(f"interrupted: {args.out} holds the optimizers that finished; python tune_optimizers.py --resume "
+              f"{args.out} goes on", file=sys.stderr)
         sys.exit(reporting.EXIT_INTERRUPTED)
 
 

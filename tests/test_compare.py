@@ -25,7 +25,9 @@ def tiny_comparison(mnist_dir, tmp_path_factory):
 def test_tiny_comparison_writes_summary_table_and_curves(tiny_comparison):
     result, out = tiny_comparison
     assert result.returncode == 0, result.stderr
-    assert sorted(os.listdir(out)) == ["curves.png", "summary.json", "summary.md"]
+    assert sorted(os.listdir(out)) == ["checkpoints", "curves.png", "summary.json", "summary.md"]
+    assert sorted(os.listdir(out / "checkpoints")) == ["adam_lr=0.0005_seed=3.npz", "adam_lr=0.0005_seed=4.npz",
+                                                       "sgd_seed=3.npz", "sgd_seed=4.npz", "study.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["total_seconds"] > 0
     assert [(r["label"], r["seed"], r["status"]) for r in summary["runs"]] == [

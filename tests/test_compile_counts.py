@@ -34,11 +34,27 @@ def mark(name):
 '''
 
 
-def compile_counts(code, *argv):
+MARKED_LOOP = r'''
+real_loop, runs = mlp_mnist.loop, []
+def loop(setup, count, data_, epochs, log=print, on_epoch=lambda results: None, *rest, **kwargs):
+    runs.append(1)
+    def marked_setup():
+        models = setup()
+        mark(f"run {len(runs)} setup")
+        return models
+    def marked(results):
+        mark(f"run {len(runs)} epoch {len(results[0]['records'])}")
+        on_epoch(results)
+    return real_loop(marked_setup, count, data_, epochs, log, marked, *rest, **kwargs)
+mlp_mnist.loop = loop
+'''  # mlp_mnist.loop, marked after its setup and after each epoch
+
+
+def compile_counts(code, *argv, **env):
     """Run `code` after COUNTER in a fresh process -> the marks it took ({mark: {function: compilations}})."""
     script = COUNTER.format(root=ROOT) + code + "\nprint('MARKS', json.dumps(marks))\n"
     result = subprocess.run([sys.executable, "-c", script, *argv], capture_output=True, text=True, cwd=ROOT,
-                            timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+                            timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu", **env))
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(line for line in result.stdout.splitlines() if line.startswith("MARKS "))
     return json.loads(line[len("MARKS "):])
@@ -57,15 +73,7 @@ def counts(fake_dir, tmp_path_factory):
     code = r'''
 import compare_optimizers, mlp_mnist
 data, out = sys.argv[1], sys.argv[2]
-real_loop, runs = mlp_mnist.loop, []
-def loop(setup, count, data_, epochs, log, on_epoch, train_accuracy):
-    runs.append(1)
-    def marked(results):
-        mark(f"run {len(runs)} epoch {len(results[0]['records'])}")
-        on_epoch(results)
-    return real_loop(setup, count, data_, epochs, log, marked, train_accuracy)
-mlp_mnist.loop = loop
-mark("start")
+''' + MARKED_LOOP + r'''mark("start")
 for loader in ("torch", "device"):
     mlp_mnist.main(["--optimizer", "rmsprop", "--lr", "0.01", "--seed", "0", "--epochs", "2", "--loader", loader,
                     "--data-dir", data, "--out", f"{out}/{loader}-a"])
@@ -95,9 +103,13 @@ def test_a_second_run_with_another_lr_and_seed_compiles_nothing(counts):
         assert counts[after] == counts[before], (before, after)  # no training program, nor anything else
 
 
-def test_epoch_2_compiles_nothing(counts):
-    """Runs 1 and 3 are the first runs of each loader: two epochs each, everything compiled before epoch 1."""
+def test_epochs_1_and_2_compile_nothing(counts):
+    """Runs 1 and 3 are the first runs of each loader: two epochs each, everything compiled in the setup, before
+    the clock of epoch 1 starts (its seconds are the training's, not a compiler's)."""
     for run in (1, 3):
+        assert counts[f"run {run} setup"].get("train_step", 0) + counts[f"run {run} setup"].get("device_epoch", 0) > \
+            counts["start"].get("train_step", 0) + counts["start"].get("device_epoch", 0)  # the setup did compile
+        assert counts[f"run {run} epoch 1"] == counts[f"run {run} setup"]
         assert counts[f"run {run} epoch 2"] == counts[f"run {run} epoch 1"]
 
 
@@ -115,3 +127,31 @@ def test_more_learning_rates_and_seeds_compile_nothing_more(counts):
     """After one adam run, the same command over 2 learning rates x 3 seeds compiles nothing at all."""
     assert delta(counts["one run"], counts["five optimizers"], "train_step") == 2  # batches of 32 and of 12
     assert counts["six runs"] == counts["one run"]
+
+
+@pytest.fixture(scope="module")
+def vmap_counts(fake_dir, tmp_path_factory):
+    """One fresh process with two CPU devices (the model axis sharded across them): compare_optimizers.py --vmap,
+    adam at 2 learning rates x 2 seeds (4 models) for 2 epochs with a validation split, the loop marked."""
+    out = str(tmp_path_factory.mktemp("vmap-compiles"))
+    code = r'''
+import compare_optimizers, mlp_mnist
+data, out = sys.argv[1], sys.argv[2]
+''' + MARKED_LOOP + r'''
+mark("start")
+compare_optimizers.main(["--configs", "adam", "adam:lr=0.003", "--seeds", "0", "1", "--epochs", "2", "--vmap",
+                         "--val-size", "100", "--data-dir", data, "--out", f"{out}/vmap"])
+mark("done")
+'''
+    return compile_counts(code, fake_dir, out, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+
+
+def test_under_vmap_everything_compiles_in_the_setup_once(vmap_counts):
+    """Under --vmap, evaluation compiles once per chunk shape in the setup (200 training, 100 validation and 50
+    test images: three shapes), and epochs 1 and 2 compile nothing: the setup compiled for the shardings the
+    real calls meet (sharded params, slices of the replicated images), not for unsharded stand-ins."""
+    setup, start = vmap_counts["run 1 setup"], vmap_counts["start"]
+    assert delta(setup, start, "predicted_digits") == 3
+    assert delta(setup, start, "many_epochs") == 1
+    assert vmap_counts["run 1 epoch 1"] == setup
+    assert vmap_counts["run 1 epoch 2"] == setup

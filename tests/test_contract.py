@@ -5,7 +5,7 @@ small fake MNIST folders:
 - a disk that is full from the first file written: exit 2, one line on stderr, no traceback;
 - Ctrl-C (KeyboardInterrupt) from the script's first jitted call: exit 130; and from a later call, after
   part of the work is done: exit 130 with that part written, marked as partial or interrupted;
-and across all eight parsers: a flag two scripts share has one type, one default and one help text; every
+and across all nine parsers: a flag two scripts share has one type, one default and one help text; every
 flag's help gives its default, and the chapter of the script names the flag. tests/test_errors.py keeps
 one Ctrl-C sent as a real signal to a real process.
 """
@@ -17,9 +17,11 @@ import sys
 
 import pytest
 
+import checkpoint
 import compare_optimizers
 import mlp_mnist
 import optimizer_paths
+import predict
 import reporting
 import sharpness
 import step_sizes
@@ -32,11 +34,13 @@ import train_speed  # noqa: E402
 
 MODULES = {"mlp_mnist.py": mlp_mnist, "compare_optimizers.py": compare_optimizers, "tune_optimizers.py": tune_optimizers,
            "optimizer_paths.py": optimizer_paths, "step_sizes.py": step_sizes, "sharpness.py": sharpness,
-           "verify_vectors.py": verify_vectors, "benchmarks/train_speed.py": train_speed}
+           "verify_vectors.py": verify_vectors, "benchmarks/train_speed.py": train_speed, "predict.py": predict}
+WRITERS = [script for script in MODULES if script != "predict.py"]  # predict.py only reads and prints
 CHAPTERS = {"mlp_mnist.py": "01-model-and-loss.md", "compare_optimizers.py": "04-mnist-comparison.md",
             "tune_optimizers.py": "06-fair-comparison.md", "optimizer_paths.py": "03-paths-and-theory.md",
             "step_sizes.py": "05-rmsprop-and-adam.md", "sharpness.py": "07-sharpness.md",
-            "verify_vectors.py": "A1-timing.md", "benchmarks/train_speed.py": "A2-speed.md"}
+            "verify_vectors.py": "A1-timing.md", "benchmarks/train_speed.py": "A2-speed.md",
+            "predict.py": "08-save-resume-predict.md"}
 
 
 @pytest.fixture
@@ -57,7 +61,13 @@ def small(monkeypatch):
 
 
 def argv_of(script, fake_dir, out):
-    """The small command line of each script, into `out`."""
+    """The small command line of each script, into `out` (predict.py: of a model it saves beside `out`)."""
+    if script == "predict.py":
+        model = out.parent / "model"
+        os.makedirs(model, exist_ok=True)
+        checkpoint.save(model / "model.npz", {"params": mlp_mnist.init_params(mlp_mnist.jax.random.key(0))},
+                        dict(kind="ML_in_JAX model", layer_sizes=list(mlp_mnist.LAYER_SIZES)))
+        return [str(model), "--data-dir", fake_dir]
     data = ["--data-dir", fake_dir, "--out", str(out)]
     return {"mlp_mnist.py": ["--epochs", "2"] + data,
             "compare_optimizers.py": ["--configs", "sgd", "adam", "--seeds", "0", "--epochs", "1"] + data,
@@ -77,7 +87,7 @@ FIRST_JITTED = {"mlp_mnist.py": (mlp_mnist, "train_step"), "compare_optimizers.p
                 "tune_optimizers.py": (mlp_mnist, "train_step"), "optimizer_paths.py": (optimizer_paths, "trajectory"),
                 "step_sizes.py": (mlp_mnist, "train_step"), "sharpness.py": (sharpness, "flat_hvp"),
                 "verify_vectors.py": (verify_vectors, "square_donated"),
-                "benchmarks/train_speed.py": (train_speed, "matmul_rate")}
+                "benchmarks/train_speed.py": (train_speed, "matmul_rate"), "predict.py": (mlp_mnist, "predicted_digits")}
 LATER = {  # script -> (module, attribute, calls before the interrupt, file, check of what it holds)
     "mlp_mnist.py": (mlp_mnist, "train_step", 3, "metrics.json",
                      lambda d: d["status"] == "interrupted" and d["completed_epochs"] == 1),  # 3 steps an epoch
@@ -116,7 +126,7 @@ def interrupt_after(monkeypatch, module, attribute, calls):
     monkeypatch.setattr(module, attribute, Interrupting())
 
 
-@pytest.mark.parametrize("script", list(MODULES))
+@pytest.mark.parametrize("script", WRITERS)
 def test_a_full_disk_ends_with_one_line_and_status_2(script, fake_dir, tmp_path, small, monkeypatch, capsys):
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")

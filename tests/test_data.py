@@ -139,17 +139,23 @@ def test_tests_do_not_skip_a_broken_download(tmp_path, monkeypatch):
         conftest.find_real_mnist({}, str(tmp_path))
 
 
-def test_epoch_orders_are_the_data_loaders_batches(tmp_path):
-    """The device loader's order (mnist_data.epoch_orders) is the torch DataLoader's, epoch after epoch."""
+def test_epoch_order_is_the_data_loaders_batches(tmp_path):
+    """The device loader's order (mnist_data.epoch_order) is the torch DataLoader's, epoch after epoch, and a
+    loader told to start at epoch 3 (a resumed run) gives epoch 3's batches without drawing epochs 1 and 2."""
     write_fake_mnist(tmp_path, n_train=300)
     train_set, _, _ = mnist_data.load_mnist(str(tmp_path))
     loader = mnist_data.train_loader(train_set, 128, seed=4)
-    orders = mnist_data.epoch_orders(300, 128, seed=4)
-    for _ in range(3):
-        order = next(orders)
+    orders = [mnist_data.epoch_order(300, 4, epoch) for epoch in (1, 2, 3)]
+    for order in orders:
         assert order.dtype == np.int32 and sorted(order) == list(range(300))
         images = torch.cat([batch_images for batch_images, _ in loader]).numpy()
         np.testing.assert_array_equal(images, train_set.data.numpy()[order])
+    assert not np.array_equal(orders[0], orders[1])  # a fresh order every epoch
+    resumed = mnist_data.train_loader(train_set, 128, seed=4)
+    resumed.sampler.epoch = 3
+    np.testing.assert_array_equal(torch.cat([labels for _, labels in resumed]).numpy(),
+                                  train_set.targets.numpy()[orders[2]])
+    np.testing.assert_array_equal(orders[2], np.random.default_rng([4, 3]).permutation(300))  # (seed, epoch) alone
 
 
 def test_the_dataset_uses_no_private_torchvision_api():

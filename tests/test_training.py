@@ -199,8 +199,10 @@ def test_both_loaders_and_many_models_give_the_same_records(name, fake_data):
 
 
 # A small grid for each optimizer: two learning rates (the second 3x the first) x two seeds,
-# the other hyperparameters off their defaults so that mapping over them is tested too.
-GRID_HYPER = {"sgd": {}, "momentum": {"mu": 0.8}, "nesterov": {"mu": 0.8}, "rmsprop": {"rho": 0.95, "eps": 1e-6},
+# the other hyperparameters off their defaults so that mapping over them is tested too. RMSProp's eps is
+# 1e-3: at eps 1e-6 and lr 0.03 on these random pixels its loss reaches 1e5, and the last-bit differences
+# between the vmapped program and the single one grow past 1e-5 by epoch 2 (docs/04 shows the same drift).
+GRID_HYPER = {"sgd": {}, "momentum": {"mu": 0.8}, "nesterov": {"mu": 0.8}, "rmsprop": {"rho": 0.95, "eps": 1e-3},
               "adam": {"beta1": 0.8, "eps": 1e-4}}
 
 

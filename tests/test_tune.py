@@ -125,7 +125,8 @@ def test_tiny_study_selects_on_validation_and_tests_only_the_selected(tiny_study
         return [r for r in summary["report_runs"] if (r["config"]["optimizer"], r["config"]["lr"],
                                                       r["config"].get("eps")) == (name, chosen["lr"], eps)]
 
-    mean_of = lambda runs, key: sum(r["records"][-1][key] for r in runs) / len(runs)  # noqa: E731
+    final = lambda r, key: 0.1 if r["status"].startswith("diverged") else r["records"][-1][key]  # noqa: E731
+    mean_of = lambda runs, key: sum(final(r, key) for r in runs) / len(runs)  # noqa: E731 (diverged: chance)
     for label in summary["selected"]:
         runs = report_runs(label)
         assert sorted(r["config"]["seed"] for r in runs) == [5, 6]
@@ -142,10 +143,10 @@ def test_reuse_trains_only_the_new_grid_points(tiny_study, monkeypatch):
     trained = []
     real_train_optimizer = tune_optimizers.train_optimizer
 
-    def counting(args, name, configs, data):
+    def counting(args, name, configs, data, phase):
         if data[2] is None:  # the selection phase
             trained.extend((c["optimizer"], c["lr"]) for c in configs)
-        return real_train_optimizer(args, name, configs, data)
+        return real_train_optimizer(args, name, configs, data, phase)
 
     monkeypatch.setattr(tune_optimizers, "train_optimizer", counting)
     wider = [a if a != "3000" else "0.1" for a in argv]  # 0.001 0.01 0.1: two lrs are the earlier study's
@@ -175,11 +176,11 @@ def test_ctrl_c_in_the_second_optimizer_keeps_the_first(tmp_path, capsys, monkey
     write_fake_mnist(tmp_path / "data")
     real_loop = mlp_mnist.loop
 
-    def loop(setup, count, data, epochs, log, on_epoch, train_accuracy):
+    def loop(setup, *args, **kwargs):
         models = setup()
         if models.hyper.keys() >= {"beta1"}:
             raise KeyboardInterrupt
-        return real_loop(lambda: models, count, data, epochs, log, on_epoch, train_accuracy)
+        return real_loop(lambda: models, *args, **kwargs)
 
     monkeypatch.setattr(mlp_mnist, "loop", loop)
     status, _, lines = run_script(tune_optimizers.main, [
