@@ -13,6 +13,7 @@ hand a run an array of another shape or dtype, nor leave one out, nor slip in on
 A JSON text rides along under the name "meta": the epoch, the configs, the records, provenance.
 """
 import json
+import sys
 import zipfile
 
 import jax
@@ -85,7 +86,7 @@ def restore(arrays, template, prefix=""):
 # {"params": ..., "opt_state": ...} as above, for one model, or for S models with a leading model axis on every
 # leaf (many_models.py). meta: the epoch, each model's config and what it recorded, provenance.
 
-NOT_THE_RUN = ("epochs", "data_dir", "out", "resume")  # what may differ between a run and its resumption
+MAY_CHANGE_ON_RESUME = ("epochs", "data_dir", "out", "resume")  # the rest of a config must be the run's
 
 
 def save_run(path, state, epoch, configs, results):
@@ -95,16 +96,16 @@ def save_run(path, state, epoch, configs, results):
                            layer_sizes=list(LAYER_SIZES), provenance=reporting.provenance()))
 
 
-def as_json(value):
-    return json.loads(json.dumps(value))
-
-
 def read_run(path):
     """A training checkpoint -> (arrays, meta); CheckpointError when it is missing, damaged or something else."""
     arrays, meta = read(path)
     try:
-        usable = (meta["kind"] == "ML_in_JAX checkpoint" and len(meta["runs"]) == len(meta["configs"])
-                  and isinstance(meta["epoch"], int) and isinstance(meta["provenance"]["code"]["files"], dict))
+        usable = (meta["kind"] == "ML_in_JAX checkpoint" and len(meta["runs"]) == len(meta["configs"]) >= 1
+                  and type(meta["epoch"]) is int and meta["epoch"] >= 0
+                  and all(type(c) is dict and type(c.get("epochs")) is int for c in meta["configs"])
+                  and all(type(r) is dict and type(r.get("records")) is list and type(r.get("status")) is str
+                          for r in meta["runs"])
+                  and isinstance(meta["provenance"]["code"]["files"], dict))
     except (KeyError, TypeError):
         usable = False
     if not usable:
@@ -123,8 +124,8 @@ def load_run(path, configs, template):
     saved, epoch, then = meta["configs"], meta["epoch"], meta["provenance"]["code"]["files"]
     if len(saved) != len(configs):
         raise CheckpointError(f"{path}: holds {len(saved)} models, this run trains {len(configs)}")
-    for old, new in zip(saved, as_json(configs)):
-        for key in sorted((set(old) | set(new)) - set(NOT_THE_RUN)):
+    for old, new in zip(saved, json.loads(json.dumps(configs))):  # as JSON has them: tuples become lists
+        for key in sorted((set(old) | set(new)) - set(MAY_CHANGE_ON_RESUME)):
             if old.get(key) != new.get(key):
                 raise CheckpointError(f"{path}: is from a run with {key} {old.get(key)}, not {new.get(key)} "
                                       f"(only --epochs may change)")
@@ -135,11 +136,29 @@ def load_run(path, configs, template):
     if changed:
         raise CheckpointError(f"{path}: was written by other code: {', '.join(changed)} changed since, so the run "
                               f"would not go on as it began (check out the code that wrote it, or start anew)")
+    warn_if_elsewhere(path, meta["provenance"], reporting.provenance())
     try:
         state = restore(arrays, template)
     except CheckpointError as err:
         raise CheckpointError(f"{path}: {err}") from None
     return epoch, state, [dict(r, test_predictions=None) for r in meta["runs"]]
+
+
+def compiled_for(info):
+    """What of a provenance() decides the code XLA compiles: the library versions, the devices, the CPU's AVX-512."""
+    versions, device, machine = info.get("versions") or {}, info.get("device") or {}, info.get("machine") or {}
+    return {"jax": versions.get("jax"), "jaxlib": versions.get("jaxlib"), "device count": device.get("count"),
+            "device kind": device.get("kind"), "AVX-512": machine.get("avx512")}
+
+
+def warn_if_elsewhere(path, then, now):
+    """A note on stderr when a run resumes with other library versions, devices or CPU instructions than it began
+    with: it goes on, but XLA may compile other code, which may round differently (then not bit for bit)."""
+    before, after = compiled_for(then), compiled_for(now)
+    differ = [f"{key} {before[key]} (now {after[key]})" for key in before if before[key] != after[key]]
+    if differ:
+        print(f"note: {path} was written with {', '.join(differ)}: the run goes on, but not necessarily bit for "
+              f"bit", file=sys.stderr)
 
 
 # --- The trained model: the params alone ----------------------------------------------------------
@@ -158,8 +177,8 @@ def save_model(checkpoint_path, path, **info):
 def load_model(path):
     """A model.npz (or a one-model checkpoint.npz) -> (params, meta): exactly a model of meta's layer sizes."""
     arrays, meta = read(path)
-    sizes = tuple(meta.get("layer_sizes", LAYER_SIZES))
     try:
+        sizes = tuple(meta.get("layer_sizes", LAYER_SIZES))
         return restore(arrays, jax.eval_shape(lambda: init_params(jax.random.key(0), sizes)), prefix="params/"), meta
     except (CheckpointError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from None

@@ -80,14 +80,14 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, train_accu
               for field in ("train_images", "train_labels", "val_images", "test_images")}
     data = data._replace(**images)
 
-    def keep(epoch, params, opt_state, results):  # the real models only: the padding copies are made again
+    def save_checkpoint(epoch, params, opt_state, results):  # the real models only: the padding is made again
         if checkpoint_path:
             state = jax.tree.map(lambda leaf: np.asarray(leaf)[:count], dict(params=params, opt_state=opt_state))
             checkpoint.save_run(checkpoint_path, state, epoch, real_configs, results[:count])
 
     def setup():
         hyper = jax.device_put(hyper_of(configs), per_model)
-        if saved:  # the padding models are copies of the last one, as they were when it started
+        if saved:  # the padding models: copies of the last one, as it is now (they always were its copies)
             pad = lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (padded - count))  # noqa: E731
             state = jax.device_put(jax.tree.map(pad, saved), per_model)
         else:
@@ -112,6 +112,7 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, train_accu
         if not (first.isdigit() and int(first) >= count):
             log(line)
 
-    padding = mlp_mnist.new_results(padded - count)
+    padding = [dict(status=results[-1]["status"], records=[], compile_seconds=None, test_predictions=None)
+               for _ in range(padded - count)] if results else None
     return mlp_mnist.loop(setup, padded, data, configs[0]["epochs"], log_real_models, train_accuracy=train_accuracy,
-                          done=done, results=results and results + padding, keep=keep)[:count]
+                          done=done, results=results and results + padding, save_checkpoint=save_checkpoint)[:count]

@@ -172,24 +172,21 @@ class Models(NamedTuple):
     predict_digits: Callable  # jitted (params, images (B, 28, 28)) -> digits (B,) or (S, B)
 
 
-def new_results(count):
-    return [dict(status="completed", records=[], compile_seconds=None, test_predictions=None) for _ in range(count)]
-
-
 def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, train_accuracy=True, done=0,
-         results=None, keep=lambda epoch, params, opt_state, results: None):
+         results=None, save_checkpoint=lambda epoch, params, opt_state, results: None):
     """setup() -> Models (count of them), then epochs done+1 .. `epochs` of training and evaluation -> one dict
     per model: status ("completed", "diverged in epoch N", "interrupted"), records (one dict per completed
     epoch), compile_seconds (setup's), test_predictions (N,).
 
-    A resumed run passes the epochs it has `done` and their `results`; keep(epoch, params, opt_state,
-    results) saves each finished epoch (a checkpoint) before the next one starts. A model whose mean loss
+    A resumed run passes the epochs it has `done` and their `results`; save_checkpoint(epoch, params,
+    opt_state, results) saves each finished epoch before the next one starts. A model whose mean loss
     is NaN or infinite stops recording; the others go on. Ctrl-C, wherever it lands (setup included),
     ends the loop with what was completed. Written for S models so that many_models.py runs this same
     loop; for mlp_mnist.py's one model (count 1) the mean loss is one number and the predictions one
     row, which np.atleast_1d and np.atleast_2d turn into S = 1 of each.
     """
-    results = results or new_results(count)
+    results = results or [dict(status="completed", records=[], compile_seconds=None, test_predictions=None)
+                          for _ in range(count)]
     try:
         start = time.perf_counter()
         models = setup()  # the model, the optimizer, every program compiled
@@ -222,7 +219,7 @@ def loop(setup, count, data, epochs, log=print, on_epoch=lambda results: None, t
                         test_accuracy=accuracy(test_digits, i, data.test_digits)))
                     result["test_predictions"] = None if test_digits is None else test_digits[i]
                     log(log_line(result["records"][-1], f"{i:>5}  " if count > 1 else ""))
-            keep(epoch, params, opt_state, results)  # before the next epoch donates params and opt_state
+            save_checkpoint(epoch, params, opt_state, results)  # before the next epoch donates their memory
             on_epoch(results)
     except KeyboardInterrupt:
         for result in results:
@@ -264,7 +261,7 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
         return results[0]  # nothing left to train
     data = device_data(train_set, val_set, test_set)
 
-    def keep(epoch, params, opt_state, results):
+    def save_checkpoint(epoch, params, opt_state, results):
         if checkpoint_path:
             checkpoint.save_run(checkpoint_path, dict(params=params, opt_state=opt_state), epoch, [config], results)
 
@@ -288,7 +285,7 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
         compile_predictions(predicted_digits, params, data)
         return Models(params, opt_state, hyper, run_epoch, predicted_digits)
 
-    return loop(setup, 1, data, config["epochs"], log, on_epoch, train_accuracy, done, results, keep)[0]
+    return loop(setup, 1, data, config["epochs"], log, on_epoch, train_accuracy, done, results, save_checkpoint)[0]
 
 
 def resume_point(path, configs, template):
@@ -325,19 +322,16 @@ def resumed_config(parser, argv, args):
         _, meta = checkpoint.read_run(f"{out}/checkpoint.npz")
     except checkpoint.CheckpointError as err:
         reporting.fail(f"--resume: {err}")
-    if len(meta["configs"]) != 1:
-        reporting.fail(f"--resume {out}: its checkpoint.npz holds {len(meta['configs'])} models, a study's: resume "
-                       f"the study with its own script")
-    config = meta["configs"][0]
-    config = reporting.check_resumed_flags(parser, argv, config, f"--resume {out}")
-    metrics = reporting.read_json_or_none(f"{out}/metrics.json") or {}
-    if str(metrics.get("status", "")).startswith("diverged"):
-        reporting.fail(f"--resume {out}: the run {metrics['status']}; resuming would only repeat it: start a new run "
-                       f"with a smaller --lr")
-    if metrics.get("completed_epochs", 0) > meta["epoch"]:
-        reporting.fail(f"--resume {out}: metrics.json holds {metrics['completed_epochs']} epochs, checkpoint.npz "
-                       f"only {meta['epoch']}: resuming would lose epochs (was checkpoint.npz replaced?)")
-    if meta["epoch"] >= config["epochs"]:
+    config = reporting.check_resumed_flags(parser, argv, meta["configs"][0], f"--resume {out}")
+    metrics = reporting.read_json_or_none(f"{out}/metrics.json")
+    status, records = (metrics.get("status"), metrics.get("epochs")) if isinstance(metrics, dict) else (None, None)
+    if str(status).startswith("diverged"):
+        reporting.fail(f"--resume {out}: the run {status}; resuming would only repeat it: start a new run with a "
+                       f"smaller --lr")
+    if isinstance(records, list) and len(records) > meta["epoch"]:
+        reporting.fail(f"--resume {out}: metrics.json holds {len(records)} epochs, checkpoint.npz only "
+                       f"{meta['epoch']}: resuming would lose epochs (was checkpoint.npz replaced?)")
+    if meta["epoch"] >= config["epochs"] and os.path.exists(f"{out}/model.npz"):
         reporting.fail(f"--resume {out}: the run already has its {meta['epoch']} epochs; give --epochs N (more) to "
                        f"train on")
     return dict(config, data_dir=args.data_dir, out=out, resume=out)
@@ -384,7 +378,8 @@ def main(argv=None):
                        f"{out}/metrics.json holds the {len(run['records'])} epochs before it", reporting.EXIT_DIVERGED)
     if run["status"] == "interrupted":
         print(f"interrupted after {len(run['records'])} completed epochs; {out}/metrics.json holds them, and "
-              f"python mlp_mnist.py --resume {out} goes on from checkpoint.npz", file=sys.stderr)
+              f"python mlp_mnist.py --resume {out} --epochs {config['epochs']} goes on from checkpoint.npz",
+              file=sys.stderr)
         sys.exit(reporting.EXIT_INTERRUPTED)
     reporting.write_or_fail(f"{out}/model.npz", lambda path: checkpoint.save_model(
         f"{out}/checkpoint.npz", path, test_accuracy=run["records"][-1]["test_accuracy"]),
@@ -392,6 +387,9 @@ def main(argv=None):
     title = f"{config['optimizer']}, lr {config['lr']:g}, seed {config['seed']}"
     note = " (at the look-ahead theta - mu v)" if config["optimizer"] == "nesterov" else ""
     images, labels = test_set.data.numpy(), test_set.targets.numpy()
+    if run["test_predictions"] is None:  # a run resumed only to finish its files: predict with the saved params
+        params, _ = checkpoint.load_model(f"{out}/model.npz")
+        run["test_predictions"] = predict_all(predicted_digits, jax.device_put(params), jax.device_put(images))
 
     def plots(out):
         reporting.plot_run_curves(run["records"], title, f"{out}/curves.png", loss_note=note)

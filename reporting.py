@@ -58,23 +58,28 @@ def number_type(kind, check, requirement):
 
 def float32_type(check, requirement):
     """An argparse type for a hyperparameter, which the training holds as a float32 array: check() must hold for the
-    float32 value too, not only for the number typed (0.99999999 is 1.0 in float32, 1e-50 is 0.0, 1e39 inf)."""
-    parse_float = number_type(float, check, requirement)
+    float32 value, not only for the number typed (0.99999999 is 1.0 in float32, 1e-50 is 0.0, 1e39 inf)."""
 
     def parse(text):
-        value = parse_float(text)
-        with np.errstate(over="ignore"):
+        value = number_type(float, lambda v: True, "a number")(text)
+        with np.errstate(over="ignore", under="ignore"):
             single = float(np.float32(value))
-        if not check(single):
-            raise argparse.ArgumentTypeError(f"{text} is {single:g} in float32, which the training computes in: "
-                                             f"not {requirement}")
-        return value
+        if check(single):
+            return value
+        if single == value or math.isnan(value):
+            raise argparse.ArgumentTypeError(f"{text} is not {requirement}")
+        raise argparse.ArgumentTypeError(f"{text} is {single:g} in float32, which the training computes in: "
+                                         f"not {requirement}")
 
     parse.__name__ = requirement
     return parse
 
 
-positive_float = float32_type(lambda v: 0 < v < math.inf, "a positive finite number")
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: below it float32 is subnormal, which XLA's CPU code
+# flushes to zero
+
+
+positive_float = float32_type(lambda v: FLOAT32_TINY <= v < math.inf, "a positive finite number (float32: from 1.2e-38)")
 positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_int = number_type(int, lambda v: v >= 0, "a whole number >= 0")
 unit_interval = float32_type(lambda v: 0 <= v < 1, "in [0, 1)")
@@ -209,16 +214,23 @@ STUDY_FILE = "checkpoints/study.json"  # a study's settings, beside its checkpoi
 
 def study_args(parser, argv, args, name):
     """A study's settings -> args: a new study's as parsed (--out by default runs/NAME), or with --resume DIR those
-    saved in DIR, with the flags given now checked against them (check_resumed_flags); --out is then DIR."""
+    saved in DIR by the same script, with the flags given now checked against them (check_resumed_flags) and
+    --epochs no fewer than before; --out is then DIR."""
     if not args.resume:
         args.out = args.out or default_out_dir(name)
         args.settings = {key: value for key, value in vars(args).items() if key not in ("out", "data_dir", "resume")}
+        args.settings["script"] = name
         return args
+    what = f"--resume {args.resume}"
     saved = read_json_or_none(f"{args.resume}/{STUDY_FILE}")
     if not isinstance(saved, dict):
-        fail(f"--resume {args.resume}: holds no study to resume (no readable {STUDY_FILE})")
+        fail(f"{what}: holds no study to resume (no readable {STUDY_FILE})")
+    if saved.get("script") != name or not set(vars(args)) - {"out", "data_dir", "resume"} <= set(saved):
+        fail(f"{what}: holds a study of another script ({saved.get('script')}), not of this one ({name})")
     saved.pop("provenance", None)
-    settings = check_resumed_flags(parser, argv, saved, f"--resume {args.resume}")
+    settings = check_resumed_flags(parser, argv, saved, what)
+    if not isinstance(settings["epochs"], int) or settings["epochs"] < saved["epochs"]:
+        fail(f"{what}: --epochs {settings['epochs']} is fewer than the study's {saved['epochs']}")
     return argparse.Namespace(**dict(vars(args), **settings, out=args.resume, settings=settings))
 
 

@@ -33,6 +33,7 @@ Writes, atomically, into a new or empty --out folder (default runs/tuning, numbe
 Exit status: 0 done, 2 bad input or a disk error, 130 interrupted (what finished is written).
 """
 import argparse
+import hashlib
 import json
 import math
 import statistics
@@ -118,8 +119,10 @@ def train_optimizer(args, name, configs, data, phase):
     log = lambda line: print("   " + line, flush=True)  # noqa: E731
     if args.vmap:
         print(f"== {name}: {len(configs)} models at once", flush=True)
+        runs = json.dumps([{k: v for k, v in c.items() if k != "epochs"} for c in configs], sort_keys=True)
+        group = hashlib.sha256(runs.encode()).hexdigest()[:8]  # which runs: a selection that changed is a new group
         return many_models.train_many(configs, train_set, test_set, val_set, log=log, train_accuracy=False,
-                                      checkpoint_path=f"{args.out}/checkpoints/{phase}-{name}.npz")
+                                      checkpoint_path=f"{args.out}/checkpoints/{phase}-{name}-{group}.npz")
     runs = []
     for i, config in enumerate(configs):
         settings = " ".join(f"{k} {v:g}" for k, v in config.items() if k in ("lr", "eps"))
