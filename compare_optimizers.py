@@ -16,6 +16,8 @@ when taken):
                 test accuracy and of epoch time; the other seeds are listed apart
   summary.md    that table in Markdown (docs/04 embeds it)
   curves.png    test error and training loss against epoch, a band for the seed spread
+  checkpoints/  each run's checkpoint after its last finished epoch (with --vmap, each optimizer's, every
+                array with the model axis) and study.json: --resume DIR goes on from them
 Exit status: 0 done, 2 bad input, 130 interrupted (the completed runs are still written).
 """
 import argparse
@@ -220,8 +222,8 @@ def train_all(args, train_set, val_set, test_set):
                   flush=True)
             configs = [config for _, _, config in group]
             if args.vmap:  # one checkpoint per optimizer, its models on one axis; else one per run
-                results = many_models.train_many(configs, train_set, test_set, val_set, log=log,
-                                                 checkpoint_path=f"{args.out}/checkpoints/{configs[0]['optimizer']}.npz")
+                path = f"{args.out}/checkpoints/{configs[0]['optimizer']}.npz"
+                results = many_models.train_many(configs, train_set, test_set, val_set, log=log, checkpoint_path=path)
             else:
                 label, seed, config = group[0]
                 results = [mlp_mnist.train(config, train_set, test_set, val_set, log=log, checkpoint_path=(

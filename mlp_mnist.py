@@ -256,7 +256,8 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
     """
     name, batch_size, seed = config["optimizer"], config["batch_size"], config["seed"]
     hyper = hyper_arrays(config)
-    done, saved, results = resume_point(checkpoint_path, [config], jax.eval_shape(lambda: initial_state(name, hyper, seed)))
+    template = jax.eval_shape(lambda: initial_state(name, hyper, seed))  # shapes and dtypes, nothing computed
+    done, saved, results = resume_point(checkpoint_path, [config], template)
     if done == config["epochs"]:
         return results[0]  # nothing left to train
     data = device_data(train_set, val_set, test_set)

@@ -79,7 +79,8 @@ FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: below it float32 is 
 # flushes to zero
 
 
-positive_float = float32_type(lambda v: FLOAT32_TINY <= v < math.inf, "a positive finite number (float32: from 1.2e-38)")
+positive_float = float32_type(lambda v: FLOAT32_TINY <= v < math.inf,
+                              "a positive finite number (float32: from 1.2e-38)")
 positive_int = number_type(int, lambda v: v >= 1, "a whole number >= 1")
 non_negative_int = number_type(int, lambda v: v >= 0, "a whole number >= 0")
 unit_interval = float32_type(lambda v: 0 <= v < 1, "in [0, 1)")

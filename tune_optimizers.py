@@ -30,6 +30,7 @@ Writes, atomically, into a new or empty --out folder (default runs/tuning, numbe
   summary.json    the protocol, every grid point, the selected settings, the report, every run's records
   summary.md      the report table and the grid of validation accuracies
   sensitivity.png final validation error against learning rate, one line per optimizer
+  checkpoints/    each run's checkpoint (with --vmap, each group's) and study.json: --resume DIR goes on
 Exit status: 0 done, 2 bad input or a disk error, 130 interrupted (what finished is written).
 """
 import argparse

@@ -87,7 +87,8 @@ FIRST_JITTED = {"mlp_mnist.py": (mlp_mnist, "train_step"), "compare_optimizers.p
                 "tune_optimizers.py": (mlp_mnist, "train_step"), "optimizer_paths.py": (optimizer_paths, "trajectory"),
                 "step_sizes.py": (mlp_mnist, "train_step"), "sharpness.py": (sharpness, "flat_hvp"),
                 "verify_vectors.py": (verify_vectors, "square_donated"),
-                "benchmarks/train_speed.py": (train_speed, "matmul_rate"), "predict.py": (mlp_mnist, "predicted_digits")}
+                "benchmarks/train_speed.py": (train_speed, "matmul_rate"),
+                "predict.py": (mlp_mnist, "predicted_digits")}
 LATER = {  # script -> (module, attribute, calls before the interrupt, file, check of what it holds)
     "mlp_mnist.py": (mlp_mnist, "train_step", 3, "metrics.json",
                      lambda d: d["status"] == "interrupted" and d["completed_epochs"] == 1),  # 3 steps an epoch

@@ -241,8 +241,8 @@ BAD = {  # what is done to a copy of the run -> (extra flags, what the one line 
     "a diverged run": (diverged, ["--epochs", "2"], "resuming would only repeat it"),
     "a damaged meta": (lambda d: rewrite(d / "checkpoint.npz", change_meta=lambda m: m["runs"][0].pop("records")),
                        ["--epochs", "2"], "not a training checkpoint"),
-    "a metrics.json that is a list": (lambda d: (d / "metrics.json").write_text("[1, 2]"), ["--epochs", "2", "--lr", "1"],
-                                      "--lr 1.0 is not the run's"),
+    "a metrics.json that is a list": (lambda d: (d / "metrics.json").write_text("[1, 2]"),
+                                      ["--epochs", "2", "--lr", "1"], "--lr 1.0 is not the run's"),
 }
 
 
@@ -300,7 +300,8 @@ def test_a_run_killed_before_its_last_files_finishes_them(finished_run, fake_dir
     assert sorted(model) == sorted(n for n in saved if n.startswith("params/"))
     assert all(np.array_equal(model[n], saved[n]) for n in model)
     assert (run_dir / "confusion.png").exists()
-    assert json.load(open(run_dir / "metrics.json"))["epochs"] == json.load(open(finished_run / "metrics.json"))["epochs"]
+    records = [json.load(open(folder / "metrics.json"))["epochs"] for folder in (run_dir, finished_run)]
+    assert records[0] == records[1]
     capsys.readouterr()
 
 
