@@ -75,8 +75,8 @@ def float32_type(check, requirement):
     return parse
 
 
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.2e-38: below it float32 is subnormal, which XLA's CPU code
-# flushes to zero
+# 1.2e-38, float32's smallest normal number: XLA's CPU code flushes the subnormals below it to zero
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)
 
 
 positive_float = float32_type(lambda v: FLOAT32_TINY <= v < math.inf,
