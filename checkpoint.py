@@ -13,13 +13,14 @@ hand a run an array of another shape or dtype, nor leave one out, nor slip in on
 A JSON text rides along under the name "meta": the epoch, the configs, the records, provenance.
 """
 import json
+import os
 import sys
 import zipfile
 
 import jax
 import numpy as np
 
-import reporting
+from plumbing import files, provenance
 from train_utils import LAYER_SIZES, init_params
 
 META = "meta"  # the name of the JSON text beside the arrays
@@ -41,7 +42,7 @@ def save(path, tree, meta):
     """
     arrays = {leaf_name(p): np.asarray(leaf) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
     arrays[META] = np.array(json.dumps(meta))
-    reporting.write_npz(path, arrays)
+    files.write_npz(path, arrays)
 
 
 def read(path):
@@ -93,7 +94,7 @@ def save_run(path, state, epoch, configs, results):
     """state {"params", "opt_state"} after `epoch` epochs of the models `configs`, and their results -> path."""
     runs = [dict(status=r["status"], records=r["records"], compile_seconds=r["compile_seconds"]) for r in results]
     save(path, state, dict(kind="ML_in_JAX checkpoint", epoch=epoch, configs=configs, runs=runs,
-                           layer_sizes=list(LAYER_SIZES), provenance=reporting.provenance()))
+                           layer_sizes=list(LAYER_SIZES), provenance=provenance.provenance()))
 
 
 def read_run(path):
@@ -131,12 +132,12 @@ def load_run(path, configs, template):
                                       f"(only --epochs may change)")
         if epoch > new["epochs"]:
             raise CheckpointError(f"{path}: already holds {epoch} epochs, more than --epochs {new['epochs']}")
-    now = reporting.code_version()["files"]
+    now = provenance.code_version()["files"]
     changed = sorted(name for name in set(then) & set(now) if then[name] != now[name])
     if changed:
         raise CheckpointError(f"{path}: was written by other code: {', '.join(changed)} changed since, so the run "
                               f"would not go on as it began (check out the code that wrote it, or start anew)")
-    warn_if_elsewhere(path, meta["provenance"], reporting.provenance())
+    warn_if_elsewhere(path, meta["provenance"], provenance.provenance())
     try:
         state = restore(arrays, template)
     except CheckpointError as err:
@@ -170,8 +171,8 @@ def save_model(checkpoint_path, path, **info):
     arrays, meta = read(checkpoint_path)
     params = {name: array for name, array in arrays.items() if name.startswith("params/")}
     params[META] = np.array(json.dumps(dict(kind="ML_in_JAX model", config=meta["configs"][0], epoch=meta["epoch"],
-                                            layer_sizes=list(LAYER_SIZES), provenance=reporting.provenance(), **info)))
-    reporting.write_npz(path, params)
+                                            layer_sizes=list(LAYER_SIZES), provenance=provenance.provenance(), **info)))
+    files.write_npz(path, params)
 
 
 def load_model(path):
@@ -182,3 +183,12 @@ def load_model(path):
         return restore(arrays, jax.eval_shape(lambda: init_params(jax.random.key(0), sizes)), prefix="params/"), meta
     except (CheckpointError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path}: {err}") from None
+
+
+def resume_point(path, configs, template):
+    """Where training starts -> (epochs done, the saved state or None, the results so far or None): from the
+    checkpoint at path when there is one (load_run; CheckpointError when it is not these models'), else from
+    the start."""
+    if not path or not os.path.exists(path):
+        return 0, None, None
+    return load_run(path, configs, template)

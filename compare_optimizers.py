@@ -32,7 +32,7 @@ from matplotlib.ticker import FormatStrFormatter
 import checkpoint
 import many_models
 import mlp_mnist
-import reporting
+from plumbing import cli, exits, files, plots, provenance, stats
 from optimized_sgd import OPTIMIZERS, UnknownHyperparameter, hyperparameters
 
 # The comparison of docs/04: every optimizer at its default learning rate, then two settings
@@ -51,13 +51,13 @@ def config_spec(text):
     if name not in OPTIMIZERS:
         raise argparse.ArgumentTypeError(f"{text!r}: unknown optimizer {name!r} (choose from {', '.join(OPTIMIZERS)})")
     overrides = {"optimizer": name}
+    flags = cli.hyperparameter_flags()
     for item in filter(None, settings.split(",")):
         key, _, value = item.partition("=")
-        if key not in reporting.HYPERPARAMETERS:
-            raise argparse.ArgumentTypeError(f"{text!r}: unknown setting {key!r} "
-                                             f"(choose from {', '.join(reporting.HYPERPARAMETERS)})")
+        if key not in flags:
+            raise argparse.ArgumentTypeError(f"{text!r}: unknown setting {key!r} (choose from {', '.join(flags)})")
         try:
-            overrides[key] = reporting.HYPERPARAMETERS[key][0](value)
+            overrides[key] = flags[key][0](value)
             hyperparameters(name, **{key: overrides[key]})
         except (argparse.ArgumentTypeError, UnknownHyperparameter) as err:
             raise argparse.ArgumentTypeError(f"{text!r}: {key}: {err}") from None
@@ -72,8 +72,8 @@ def build_parser():
                    metavar="NAME[:KEY=VALUE,...]",
                    help="optimizer settings to compare, e.g. adam:lr=0.0003,eps=1e-6 (unset values take "
                         "mlp_mnist.py's defaults; default: " + " ".join(COMPARISON) + ")")
-    reporting.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
-                        "--data-dir", "--out", "--resume")
+    cli.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
+                  "--data-dir", "--out", "--resume")
     return p
 
 
@@ -92,7 +92,7 @@ def summarise(runs, epochs):
     """Per label: mean and std of the final train/test accuracy and of the epoch time, over the seeds
     that completed all `epochs`; the others (diverged, interrupted) are listed apart, never averaged.
     And, against the label with the best mean test accuracy, the paired difference of each label's final
-    test accuracy over their common seeds, with its 95% interval (reporting.paired_difference)."""
+    test accuracy over their common seeds, with its 95% interval (stats.paired_difference)."""
     summary = {}
     for label in dict.fromkeys(run["label"] for run in runs):  # in the order they ran
         mine = [r for r in runs if r["label"] == label]
@@ -106,7 +106,7 @@ def summarise(runs, epochs):
                             ("epoch_seconds", [statistics.fmean(e["train_seconds"] for e in r["records"])
                                                for r in complete])):
             known = [v for v in values if v is not None]
-            rows[f"{key}_mean"], rows[f"{key}_std"] = reporting.mean_std(known) if known else (None, None)
+            rows[f"{key}_mean"], rows[f"{key}_std"] = stats.mean_std(known) if known else (None, None)
         rows["final_test"] = {r["seed"]: r["records"][-1]["test_accuracy"] for r in complete}
         rows["collapsed_seeds"] = [seed for seed, value in rows["final_test"].items() if value <= CHANCE]
         summary[label] = rows
@@ -114,7 +114,7 @@ def summarise(runs, epochs):
     if ranked:
         best = max(ranked, key=lambda label: summary[label]["test_accuracy_mean"])
         for label in ranked:
-            summary[label]["against_best"] = dict(best=best, **reporting.paired_difference(
+            summary[label]["against_best"] = dict(best=best, **stats.paired_difference(
                 summary[label]["final_test"], summary[best]["final_test"]))
     return summary
 
@@ -140,7 +140,7 @@ def markdown_table(summary, vmap=False):
         seconds_std = None if vmap else s["epoch_seconds_std"]
         val = f" {pm(s['val_accuracy_mean'], s['val_accuracy_std'])} |" if has_val else ""
         against = s.get("against_best")
-        paired = "-" if against is None else ("the best" if against["best"] == label else reporting.verdict(against))
+        paired = "-" if against is None else ("the best" if against["best"] == label else stats.verdict(against))
         lines.append(f"| {label}{note} | {s['lr']} | {len(s['seeds'])} | "
                      f"{pm(s['train_accuracy_mean'], s['train_accuracy_std'])} |{val} "
                      f"{pm(s['test_accuracy_mean'], s['test_accuracy_std'])} | {paired} | "
@@ -154,13 +154,13 @@ def markdown_table(summary, vmap=False):
 def series_style(i):
     """The i-th series' colour, line style and marker: no two of the first 40 look alike, and two curves that lie
     on top of each other (momentum and Nesterov) still show, one dashed over the other."""
-    return dict(color=reporting.plt.cm.tab10.colors[i % 10], linestyle=("-", "--", "-.", ":")[(i + i // 10) % 4],
+    return dict(color=plots.plt.cm.tab10.colors[i % 10], linestyle=("-", "--", "-.", ":")[(i + i // 10) % 4],
                 marker="osD^v<>ph*"[(i + i // 10) % 10], markersize=4)
 
 
 def plot_curves(runs, path):
     """Test error and training loss against epoch (log scales); line = mean over seeds, band = min to max."""
-    fig, (ax_err, ax_loss) = reporting.plt.subplots(1, 2, figsize=(9, 4.6))
+    fig, (ax_err, ax_loss) = plots.plt.subplots(1, 2, figsize=(9, 4.6))
     for i, label in enumerate(dict.fromkeys(r["label"] for r in runs)):
         style = series_style(i)
         finished = [r["records"] for r in runs if r["label"] == label and r["records"]]
@@ -176,9 +176,9 @@ def plot_curves(runs, path):
     ax_err.set(xlabel="epoch", ylabel="test error (%) = 100 - test accuracy", yscale="log", title="test error")
     ax_err.yaxis.set_major_formatter(FormatStrFormatter("%g"))
     ax_err.yaxis.set_minor_formatter(FormatStrFormatter("%g"))
-    nesterov = any(r["config"]["optimizer"] == "nesterov" for r in runs)
+    noted = [name for name in dict.fromkeys(r["config"]["optimizer"] for r in runs) if OPTIMIZERS[name].loss_note]
     ax_loss.set(xlabel="epoch", ylabel="mean training loss (cross-entropy / 10)", yscale="log",
-                title="training loss" + (" (Nesterov's at its look-ahead point)" if nesterov else ""))
+                title="training loss" + "".join(f" ({name}'s {OPTIMIZERS[name].loss_note})" for name in noted))
     handles, labels = ax_err.get_legend_handles_labels()
     rows = -(-len(labels) // 4)
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=4)  # one legend for both, below the data
@@ -188,17 +188,17 @@ def plot_curves(runs, path):
     for ax in (ax_err, ax_loss):
         ax.title.set_fontsize(9)
     fig.tight_layout(rect=(0, 0.05 * rows + 0.02, 1, 1))
-    reporting.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def write_results(out, args, runs, total_seconds, interrupted):
     """summary.json, summary.md and curves.png into out -> the summary."""
     summary = summarise(runs, args.epochs)
-    reporting.write_json(f"{out}/summary.json", dict(
+    files.write_json(f"{out}/summary.json", dict(
         status="interrupted" if interrupted else "completed", seeds=args.seeds, epochs=args.epochs,
         val_size=args.val_size, loader=args.loader, vmap=args.vmap, total_seconds=total_seconds, summary=summary,
         runs=runs))
-    reporting.write_markdown(f"{out}/summary.md", markdown_table(summary, args.vmap))
+    files.write_markdown(f"{out}/summary.md", markdown_table(summary, args.vmap))
     if any(r["records"] for r in runs):
         plot_curves(runs, f"{out}/curves.png")
     return summary
@@ -241,22 +241,22 @@ def train_all(args, train_set, val_set, test_set):
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     parser = build_parser()
-    args = reporting.study_args(parser, argv, parser.parse_args(argv), "comparison")
+    args = cli.study_args(parser, argv, parser.parse_args(argv), "comparison")
     args.configs = [tuple(c) for c in args.configs]  # (label, overrides); JSON gives them back as lists
     if args.vmap:
         args.loader = "device"  # the models share one program: mlp_mnist's device epoch under jax.vmap
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
-    train_set, val_set, test_set = reporting.load_data_or_exit(parser, args, args.batch_size)
-    reporting.write_or_fail(args.out, lambda out: reporting.save_study_args(args), "nothing was saved")
+    train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
+    exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
     start = time.perf_counter()
     try:
         runs, interrupted = train_all(args, train_set, val_set, test_set)
     except checkpoint.CheckpointError as err:
-        reporting.fail(f"--resume {args.out}: {err}")
+        exits.fail(f"--resume {args.out}: {err}")
     total = time.perf_counter() - start
-    reporting.write_or_fail(args.out, lambda out: print(markdown_table(
+    exits.write_or_fail(args.out, lambda out: print(markdown_table(
         write_results(out, args, runs, total, interrupted), args.vmap)),
         "the files written before it are complete (each is written whole or not at all)")
     print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
@@ -265,8 +265,8 @@ def main(argv=None):
         print(f"interrupted: {args.out} holds the {complete} completed runs and the completed epochs of the "
               f"{len(runs) - complete} others; python compare_optimizers.py --resume {args.out} goes on",
               file=sys.stderr)
-        sys.exit(reporting.EXIT_INTERRUPTED)
+        sys.exit(exits.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

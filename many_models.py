@@ -2,7 +2,8 @@
 
 mlp_mnist.py trains one model. Here S models of one optimizer train at once, each with its own
 seed (initial weights and batch order) and its own hyperparameters (lr, mu, rho, beta1, beta2,
-eps). Nothing is written twice: the epoch is mlp_mnist.device_epoch, the loop mlp_mnist.loop.
+eps). The epoch is mlp_mnist.device_epoch, written for one model, unchanged; the loop here is
+mlp_mnist.train's, for S models: S losses, S rows of predictions, each model's own records.
 
     jax.vmap(mlp_mnist.device_epoch, in_axes=(0, 0, 0, None, None, 0))
 
@@ -16,6 +17,8 @@ CPU) the model axis is split across them: the models never exchange anything, so
 trains its share. The axis is padded to a multiple of the device count with copies of the
 last model, whose results are dropped.
 """
+import math
+import time
 from functools import partial
 
 import jax
@@ -55,13 +58,16 @@ def initial_states(name, hyper, seeds):
     return jax.vmap(lambda h, s: mlp_mnist.initial_state(name, h, s))(hyper, seeds)
 
 
-def train_many(configs, train_set, test_set, val_set=None, log=print, train_accuracy=True, checkpoint_path=None):
+def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=lambda runs: None,
+               train_accuracy=True, checkpoint_path=None):
     """Train one model per config, all at once -> [the dict mlp_mnist.train returns, one per config].
 
     The configs are mlp_mnist configs that differ only in seed and hyperparameters (the loader is
     the device loader, whatever they say). train_accuracy=False skips the accuracy on the training
-    images (records hold None): a study that chooses on validation data saves that time. With
-    checkpoint_path, as mlp_mnist.train: one checkpoint for all of them, every leaf with the model axis.
+    images (records hold None): a study that chooses on validation data saves that time. A model
+    whose loss turns NaN or infinite stops recording; the others go on. on_epoch(runs) after every
+    epoch; with checkpoint_path, as mlp_mnist.train: one checkpoint for all of them, every leaf with
+    the model axis. Ctrl-C, wherever it lands, ends training with the epochs completed.
     """
     for key in SAME_FOR_ALL:
         if len({c[key] for c in configs}) > 1:
@@ -70,49 +76,61 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, train_accu
     hyper_of = lambda configs: {key: np.array([c[key] for c in configs], np.float32)  # noqa: E731
                                 for key in hyperparameters(name)}
     template = jax.eval_shape(lambda: initial_states(name, hyper_of(configs), jnp.array([c["seed"] for c in configs])))
-    done, saved, results = mlp_mnist.resume_point(checkpoint_path, configs, template)
+    done, saved, runs = checkpoint.resume_point(checkpoint_path, configs, template)
+    runs = runs or [dict(status="completed", records=[], compile_seconds=None, test_predictions=None)
+                    for _ in configs]
     if done == configs[0]["epochs"]:
-        return results  # nothing left to train
+        return runs  # nothing left to train
     per_model, shared, padded = model_shardings(count)
-    real_configs, configs = configs, configs + [configs[-1]] * (padded - len(configs))
-    data = mlp_mnist.device_data(train_set, val_set, test_set)
-    images = {field: jax.device_put(getattr(data, field), shared)  # every device holds all the images
-              for field in ("train_images", "train_labels", "val_images", "test_images")}
-    data = data._replace(**images)
-
-    def save_checkpoint(epoch, params, opt_state, results):  # the real models only: the padding is made again
-        if checkpoint_path:
-            state = jax.tree.map(lambda leaf: np.asarray(leaf)[:count], dict(params=params, opt_state=opt_state))
-            checkpoint.save_run(checkpoint_path, state, epoch, real_configs, results[:count])
-
-    def setup():
-        hyper = jax.device_put(hyper_of(configs), per_model)
+    padded_configs = configs + [configs[-1]] * (padded - count)  # copies of the last model; their results dropped
+    data = mnist_data.on_device(train_set, val_set, test_set)
+    data = data._replace(**{field: jax.device_put(getattr(data, field), shared)  # every device holds all images
+                            for field in ("train_images", "train_labels", "val_images", "test_images")})
+    try:
+        start = time.perf_counter()
+        hyper = jax.device_put(hyper_of(padded_configs), per_model)
         if saved:  # the padding models: copies of the last one, as it is now (they always were its copies)
             pad = lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (padded - count))  # noqa: E731
             state = jax.device_put(jax.tree.map(pad, saved), per_model)
         else:
             state = jax.jit(initial_states, static_argnums=0, out_shardings=per_model)(
-                name, hyper, jnp.array([c["seed"] for c in configs]))
+                name, hyper, jnp.array([c["seed"] for c in padded_configs]))
         params, opt_state = state["params"], state["opt_state"]
-
-        def run_epoch(params, opt_state, hyper, epoch):
-            order = jax.device_put(np.stack([mnist_data.epoch_order(n, c["seed"], epoch) for c in configs]),
-                                   per_model)  # every model's batches
-            return many_epochs(params, opt_state, hyper, data.train_images, data.train_labels, order,
-                               name=name, batch_size=batch_size)
-
         order_spec = jax.ShapeDtypeStruct((padded, n), jnp.int32, sharding=per_model)
         many_epochs.lower(params, opt_state, hyper, data.train_images, data.train_labels, order_spec, name=name,
-                          batch_size=batch_size).compile()
+                          batch_size=batch_size).compile()  # now, before any clock starts
         mlp_mnist.compile_predictions(many_predictions, params, data)
-        return mlp_mnist.Models(params, opt_state, hyper, run_epoch, many_predictions)
-
-    def log_real_models(line):  # the padding copies' lines ("    5  ..." for model 5) are not shown
-        first = line[:5].strip()
-        if not (first.isdigit() and int(first) >= count):
-            log(line)
-
-    padding = [dict(status=results[-1]["status"], records=[], compile_seconds=None, test_predictions=None)
-               for _ in range(padded - count)] if results else None
-    return mlp_mnist.loop(setup, padded, data, configs[0]["epochs"], log_real_models, train_accuracy=train_accuracy,
-                          done=done, results=results and results + padding, save_checkpoint=save_checkpoint)[:count]
+        for run in runs:
+            run["compile_seconds"] = time.perf_counter() - start
+        log(f"model  {mlp_mnist.HEADER}")
+        for epoch in range(done + 1, configs[0]["epochs"] + 1):
+            start = time.perf_counter()
+            orders = jax.device_put(np.stack([mnist_data.epoch_order(n, c["seed"], epoch) for c in padded_configs]),
+                                    per_model)  # every model's batches
+            params, opt_state, losses = many_epochs(params, opt_state, hyper, data.train_images, data.train_labels,
+                                                    orders, name=name, batch_size=batch_size)
+            losses = jax.device_get(losses)[:count]  # waits for the epoch's last step
+            train_seconds = time.perf_counter() - start
+            for run, loss_value in zip(runs, losses):
+                if run["status"] == "completed" and not math.isfinite(loss_value):
+                    run["status"] = f"diverged in epoch {epoch}"
+            if all(run["status"] != "completed" for run in runs):
+                break
+            start = time.perf_counter()
+            digits = mlp_mnist.evaluate(many_predictions, params, data, train_accuracy)  # each (padded, N) or None
+            eval_seconds = time.perf_counter() - start
+            for i, run in enumerate(runs):
+                if run["status"] == "completed":
+                    mine = {split: None if d is None else d[i] for split, d in digits.items()}
+                    run["records"].append(mlp_mnist.epoch_record(epoch, train_seconds, eval_seconds, losses[i], mine,
+                                                                 data))
+                    run["test_predictions"] = mine["test"]
+                    log(f"{i:>5}  {mlp_mnist.log_line(run['records'][-1])}")
+            if checkpoint_path:  # the real models only, before the next epoch donates their memory
+                state = jax.tree.map(lambda leaf: np.asarray(leaf)[:count], dict(params=params, opt_state=opt_state))
+                checkpoint.save_run(checkpoint_path, state, epoch, configs, runs)
+            on_epoch(runs)
+    except KeyboardInterrupt:
+        for run in runs:
+            run["status"] = "interrupted" if run["status"] == "completed" else run["status"]
+    return runs

@@ -1,4 +1,4 @@
-"""MNIST from a folder of IDX files, through a torch Dataset and DataLoader.
+"""MNIST from a folder of IDX files, through a torch Dataset and DataLoader, or on the JAX device (on_device).
 
 The folder (--data-dir) holds the four IDX files, gzipped or not, named either
 `train-images-idx3-ubyte` or `train-images.idx3-ubyte` (likewise the other three); the
@@ -17,7 +17,9 @@ import gzip
 import os
 import struct
 import zlib
+from typing import NamedTuple
 
+import jax
 import numpy as np
 import torch
 import torchvision
@@ -272,3 +274,28 @@ def load_mnist(data_dir, train_subset=None, val_size=0):
     train_set = full_train.rows(0, min(n - val_size, train_subset or n))
     val_set = full_train.rows(n - val_size, n) if val_size else None
     return train_set, val_set, read_split(files, "test")
+
+
+# --- The images on the JAX device, once ----------------------------------------------------
+
+
+class Data(NamedTuple):
+    """The images uint8 (N, 28, 28) and the training labels (N,) on the JAX device, for the steps; every split's
+    true digits (N,) on the host, to score the predictions against."""
+    train_images: jax.Array
+    train_labels: jax.Array
+    val_images: object  # None without a validation split
+    test_images: object  # None when the test set is not to be looked at (tune_optimizers.py's selection)
+    train_digits: np.ndarray
+    val_digits: object
+    test_digits: object
+
+
+def on_device(train_set, val_set, test_set):
+    """The datasets' images (and the training labels) put on the device once -> Data (None for a set not given)."""
+    host = lambda dataset: (None, None) if dataset is None else (dataset.data.numpy(), dataset.targets.numpy())  # noqa
+    (val_images, val_digits), (test_images, test_digits) = host(val_set), host(test_set)
+    train_images, train_labels, val_images, test_images = jax.device_put(
+        (train_set.data.numpy(), train_set.targets.numpy(), val_images, test_images))
+    return Data(train_images, train_labels, val_images, test_images, train_set.targets.numpy(), val_digits,
+                test_digits)

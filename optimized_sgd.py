@@ -1,4 +1,4 @@
-"""Momentum, Nesterov, RMSProp and Adam, written from scratch.
+"""Momentum, Nesterov, RMSProp and Adam, written from scratch, and the registry of every optimizer (OPTIMIZERS).
 
 Each factory returns an Optimizer (see train_utils.py): pure functions
 init(params) -> state, update(grads, state, params) -> (new_params, new_state) and
@@ -7,9 +7,13 @@ fields are pytrees shaped like params; all the math runs through jax.tree.map. T
 hyperparameters may be Python floats or arrays (mlp_mnist.py passes float32 arrays, so that
 they are data to the compiled step, not constants baked into it).
 Every rule is tested step by step against optax in tests/test_optimizers.py.
+
+OPTIMIZERS holds one Entry per optimizer (plain SGD's factory is in train_utils.py): its factory, its
+recipe learning rate, its hyperparameters, its optax reference, its test grid, its 2-D paths' settings.
+Every script and test reads the optimizers from there.
 """
 import inspect
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -133,13 +137,72 @@ def adam(lr, beta1=0.9, beta2=0.999, eps=1e-8):
     return Optimizer(init, update, at_params)
 
 
-# name -> (factory, the recipe's learning rate for it: the rate of the original README, docs/04)
+# --- The registry: one entry per optimizer, and everything else derives from it -----------------
+
+
+class Hyperparameter(NamedTuple):
+    """A setting an optimizer takes besides lr; its default is the factory's keyword default."""
+    values: str  # "positive" (> 0) or "in [0, 1)": the command line refuses anything else (plumbing/cli.py)
+    help: str  # what it is, for --help
+
+
+class Entry(NamedTuple):
+    """One optimizer, whole. The scripts' --optimizer choices and flags, tune_optimizers.py's notion of "the same
+    run", the optax references and the training grid of the tests, and the 2-D paths all read it from here:
+    adding an optimizer is adding an entry (and its test; docs/02-optimizers.md shows how)."""
+    factory: Callable  # (lr, **hyperparameters) -> Optimizer
+    recipe_lr: float  # the learning rate the recipe trains it with (the original README's; docs/04)
+    hyperparameters: dict  # {key: Hyperparameter} for each keyword of factory besides lr; lr and these are
+    #                        what make two runs of it different runs
+    optax: Callable  # (optax, lr, **hyperparameters) -> the optax transformation whose points are its gradient
+    #                  points, step for step: the tests' reference (optax is passed in: only the tests need it)
+    test_grid: dict  # hyperparameters away from the defaults, for the tests' grids of many models
+    paths: dict = None  # {"quadratic": settings, "rosenbrock": settings}: optimizer_paths.py draws it when given
+    style: dict = None  # its line in those plots (color, linestyle, marker)
+    loss_note: str = ""  # where its reported training loss is measured, when that is not at its params
+
+
+MU = Hyperparameter("in [0, 1)", "how much of the velocity is kept")
+EPS = Hyperparameter("positive", "added to sqrt(mean of g^2)")
+
 OPTIMIZERS = {
-    "sgd": (sgd, 0.01),
-    "momentum": (momentum, 0.01),
-    "nesterov": (nesterov, 0.01),
-    "rmsprop": (rmsprop, 0.01),
-    "adam": (adam, 0.001),
+    "sgd": Entry(
+        sgd, 0.01, {},
+        optax=lambda optax, lr: optax.sgd(lr),
+        test_grid={},
+        paths=dict(quadratic=dict(lr=0.4),  # 1 - 0.4 * 4 = -0.6: each step overshoots across the valley and back
+                   rosenbrock=dict(lr=0.001)),  # about 2 / (the curvature across the valley)
+        style=dict(color="tab:blue", linestyle="-", marker="o")),
+    "momentum": Entry(
+        momentum, 0.01, {"mu": MU},
+        optax=lambda optax, lr, mu: optax.sgd(lr, momentum=mu),
+        test_grid=dict(mu=0.8),
+        paths=dict(quadratic=dict(lr=0.4, mu=0.5),  # the same lr: faster along the valley (0.77 per step, not
+                   #                                  0.92), slower to settle across it (|z| = 0.71, not 0.6): docs/02
+                   rosenbrock=dict(lr=0.001, mu=0.9)),
+        style=dict(color="tab:orange", linestyle="--", marker="s")),
+    "nesterov": Entry(
+        nesterov, 0.01, {"mu": MU},
+        optax=lambda optax, lr, mu: optax.sgd(lr, momentum=mu, nesterov=True),  # its params are our look-ahead
+        test_grid=dict(mu=0.8),
+        paths=dict(quadratic=dict(lr=0.3, mu=0.5),  # at lr 0.4 it diverges here: a root -1.16 across the valley
+                   rosenbrock=dict(lr=0.001, mu=0.9)),
+        style=dict(color="tab:green", linestyle="-.", marker="^"),
+        loss_note="at the look-ahead theta - mu v"),
+    "rmsprop": Entry(
+        rmsprop, 0.01, {"rho": Hyperparameter("in [0, 1)", "decay of the mean of g^2"), "eps": EPS},
+        optax=lambda optax, lr, rho, eps: optax.rmsprop(lr, decay=rho, eps=eps, eps_in_sqrt=False),
+        test_grid=dict(rho=0.95, eps=1e-3),
+        paths=dict(quadratic=dict(lr=0.1, rho=0.9),  # steps ~lr long whatever the curvature
+                   rosenbrock=dict(lr=0.003, rho=0.9)),
+        style=dict(color="tab:red", linestyle=":", marker="D")),
+    "adam": Entry(
+        adam, 0.001, {"beta1": Hyperparameter("in [0, 1)", "decay of the mean of g"),
+                      "beta2": Hyperparameter("in [0, 1)", "decay of the mean of g^2"), "eps": EPS},
+        optax=lambda optax, lr, beta1, beta2, eps: optax.adam(lr, b1=beta1, b2=beta2, eps=eps),
+        test_grid=dict(beta1=0.8, eps=1e-4),
+        paths=dict(quadratic=dict(lr=0.1), rosenbrock=dict(lr=0.05)),
+        style=dict(color="tab:purple", linestyle=(0, (6, 2, 1, 2, 1, 2)), marker="v")),
 }
 
 
@@ -158,9 +221,9 @@ def hyperparameters(name, **given):
     hyperparameters("momentum", lr=0.1) -> {"lr": 0.1, "mu": 0.9}. A key the optimizer does not
     take (hyperparameters("adam", mu=0.5)) raises UnknownHyperparameter instead of being ignored.
     """
-    factory, recipe_lr = OPTIMIZERS[name]
-    defaults = {key: p.default for key, p in inspect.signature(factory).parameters.items()}
-    defaults["lr"] = recipe_lr
+    entry = OPTIMIZERS[name]
+    defaults = {key: p.default for key, p in inspect.signature(entry.factory).parameters.items()}
+    defaults["lr"] = entry.recipe_lr
     for key, value in given.items():
         if key not in defaults and value is not None:
             raise UnknownHyperparameter(name, key, defaults)
@@ -169,4 +232,4 @@ def hyperparameters(name, **given):
 
 def make_optimizer(name, lr, **hyperparams):
     """Optimizer `name` with learning rate lr and the hyperparameters it takes (any other key is an error)."""
-    return OPTIMIZERS[name][0](lr, **hyperparams)
+    return OPTIMIZERS[name].factory(lr, **hyperparams)

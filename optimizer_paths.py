@@ -1,4 +1,4 @@
-"""See the five optimizers move: their paths on 2-D functions, and their rates against theory.
+"""See the optimizers move: their paths on 2-D functions, and their rates against theory.
 
     python optimizer_paths.py                      # writes runs/paths/ (runs/paths-2/, ... when taken)
     python optimizer_paths.py --out results/paths  # the folder docs/03-paths-and-theory.md quotes
@@ -27,9 +27,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import reporting
+from plumbing import cli, exits, files, plots, provenance
 from mlp_mnist import step
-from optimized_sgd import make_optimizer
+from optimized_sgd import OPTIMIZERS, make_optimizer
 
 
 # --- The functions -----------------------------------------------------------------------
@@ -51,29 +51,23 @@ def rosenbrock(p):
     return (1 - p["x"]) ** 2 + 100 * (p["y"] - p["x"] ** 2) ** 2
 
 
-# Each panel: the function, where the paths start, how many steps, and every optimizer's
-# settings, chosen so that each path shows its character (see docs/03-paths-and-theory.md).
-QUADRATIC_SETTINGS = {
-    "sgd": dict(lr=0.4),  # 1 - 0.4 * 4 = -0.6: each step overshoots across the valley and back
-    "momentum": dict(lr=0.4, mu=0.5),  # the same lr: faster along the valley (0.77 per step, not 0.92),
-                                       # slower to settle across it (|z| = 0.71, not 0.6): docs/02-optimizers.md
-    "nesterov": dict(lr=0.3, mu=0.5),  # at lr 0.4 it diverges here: a root -1.16 across the valley
-    "rmsprop": dict(lr=0.1, rho=0.9),  # steps ~lr long whatever the curvature
-    "adam": dict(lr=0.1),
-}
+# Each panel: the function, where the paths start, how many steps, and the settings of every optimizer
+# whose registry entry has paths (optimized_sgd.OPTIMIZERS), chosen so that each path shows its character
+# (see docs/03-paths-and-theory.md): the quadratics share one set, Rosenbrock has its own.
+def path_settings(function):
+    """{name: settings on `function` ("quadratic" or "rosenbrock")} of every optimizer that draws paths (read once,
+    when PANELS is made: an entry must be in the registry when this module is imported)."""
+    return {name: entry.paths[function] for name, entry in OPTIMIZERS.items() if entry.paths}
+
+
 ROTATED_START = ((-5.0 + 2.0) / math.sqrt(2), (-5.0 - 2.0) / math.sqrt(2))  # (-5, -2), turned with the function
 PANELS = {
     "quadratic": dict(f=quadratic, title="f = 0.1 x² + 2 y²", start=(-5.0, -2.0), steps=300,
-                      minimum=(0.0, 0.0), box=((-5.5, 1.5), (-3, 3)), settings=QUADRATIC_SETTINGS),
+                      minimum=(0.0, 0.0), box=((-5.5, 1.5), (-3, 3)), settings=path_settings("quadratic")),
     "rotated": dict(f=rotated_quadratic, title="the same, rotated by 45°", start=ROTATED_START, steps=300,
-                    minimum=(0.0, 0.0), box=((-4.5, 2.5), (-5.5, 1.5)), settings=QUADRATIC_SETTINGS),
+                    minimum=(0.0, 0.0), box=((-4.5, 2.5), (-5.5, 1.5)), settings=path_settings("quadratic")),
     "rosenbrock": dict(f=rosenbrock, title="Rosenbrock (1 - x)² + 100 (y - x²)²", start=(-1.5, 2.0), steps=2000,
-                       minimum=(1.0, 1.0), box=((-2, 2), (-1, 3)), settings={
-                           "sgd": dict(lr=0.001),  # about 2 / (the curvature across the valley)
-                           "momentum": dict(lr=0.001, mu=0.9),
-                           "nesterov": dict(lr=0.001, mu=0.9),
-                           "rmsprop": dict(lr=0.003, rho=0.9),
-                           "adam": dict(lr=0.05)}),
+                       minimum=(1.0, 1.0), box=((-2, 2), (-1, 3)), settings=path_settings("rosenbrock")),
 }
 TARGET = 1e-3  # the rotation lesson: steps until f - f* < TARGET
 KAPPAS = (10, 100, 1000)
@@ -194,15 +188,6 @@ def settings_text(settings):
     return ", ".join(f"{k} {v:g}" for k, v in settings.items())
 
 
-# One look per optimizer, the same in every panel: colour, line style and marker all differ,
-# so that paths and curves that lie on top of each other can still be told apart.
-STYLES = {
-    "sgd": dict(color="tab:blue", linestyle="-", marker="o"),
-    "momentum": dict(color="tab:orange", linestyle="--", marker="s"),
-    "nesterov": dict(color="tab:green", linestyle="-.", marker="^"),
-    "rmsprop": dict(color="tab:red", linestyle=":", marker="D"),
-    "adam": dict(color="tab:purple", linestyle=(0, (6, 2, 1, 2, 1, 2)), marker="v"),
-}
 # Where each path panel puts its legend and its zoom on the minimum (axes fractions), both
 # in corners that the paths leave empty; Rosenbrock has no zoom.
 LAYOUT = {
@@ -239,7 +224,7 @@ def draw_zoom(ax_path, panel, layout):
     inset = ax_path.inset_axes(layout["zoom"])
     draw_contours(inset, panel, ((-half, half), (-half, half)))
     for name, result in panel["runs"].items():
-        inset.plot(result["x"][-31:], result["y"][-31:], linewidth=1, markersize=4, **STYLES[name])
+        inset.plot(result["x"][-31:], result["y"][-31:], linewidth=1, markersize=4, **OPTIMIZERS[name].style)
     inset.plot(*panel["minimum"], "k*", markersize=9, zorder=10)
     inset.set_title(f"zoom ±{half:g}: the last 30 steps", fontsize=8, pad=3)
     inset.tick_params(labelsize=7)
@@ -249,7 +234,7 @@ def draw_zoom(ax_path, panel, layout):
 def plot_paths(panels, path):
     """One row per function: left, contours and paths, with a zoom on the minimum; right, f(theta_t) - f*
     against t (log). 900 pixels wide: a documentation column's width."""
-    plt = reporting.plt
+    plt = plots.plt
     fig, axes = plt.subplots(len(panels), 2, figsize=(9, 4.3 * len(panels)), gridspec_kw=dict(width_ratios=[1.15, 1]))
     for row, (key, panel) in enumerate(panels.items()):
         ax_path, ax_error = axes[row, 0], axes[row, 1]
@@ -257,9 +242,9 @@ def plot_paths(panels, path):
         for name, result in panel["runs"].items():
             ax_path.plot(result["x"], result["y"], linewidth=1.2, markevery=MARKED_STEPS[key],
                          markersize=3.5 if len(MARKED_STEPS[key]) > 10 else 7, markeredgecolor="k", markeredgewidth=0.3,
-                         label=f"{name} ({settings_text(panel['settings'][name])})", **STYLES[name])
+                         label=f"{name} ({settings_text(panel['settings'][name])})", **OPTIMIZERS[name].style)
             ax_error.plot(np.maximum(result["f"], 1e-300), linewidth=1.5,
-                          **{k: v for k, v in STYLES[name].items() if k != "marker"})
+                          **{k: v for k, v in OPTIMIZERS[name].style.items() if k != "marker"})
         ax_path.plot(*panel["start"], "s", color="k", markerfacecolor="white", markeredgewidth=1.5,
                      markersize=8, zorder=10, label="start")  # on top of every path's markers
         ax_path.plot(*panel["minimum"], "k*", markersize=11, zorder=10, label="minimum")
@@ -274,12 +259,13 @@ def plot_paths(panels, path):
         ax_error.set(yscale="log", ylim=(1e-16, 1e3), xlabel="step t", ylabel="f(θ_t) - f*  (log scale)",
                      title=f"f(θ_t) - f* on {LAYOUT[key]['name']}")
         ax_error.title.set_fontsize(9)
-    handles = [plt.Line2D([], [], linewidth=1.5, **{k: v for k, v in style.items() if k != "marker"})
-               for style in STYLES.values()] + [plt.Line2D([], [], **TARGET_STYLE)]
-    fig.legend(handles, list(STYLES) + [f"f - f* = {TARGET:g}"], loc="lower center", ncol=len(handles), fontsize=8,
+    drawn = list(PANELS["quadratic"]["settings"])
+    handles = [plt.Line2D([], [], linewidth=1.5, **{k: v for k, v in OPTIMIZERS[name].style.items() if k != "marker"})
+               for name in drawn] + [plt.Line2D([], [], **TARGET_STYLE)]
+    fig.legend(handles, drawn + [f"f - f* = {TARGET:g}"], loc="lower center", ncol=len(handles), fontsize=8,
                title="right column (settings in the legends on the left)", title_fontsize=8)
     fig.tight_layout(rect=(0, 0.04, 1, 1))
-    reporting.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def markdown(panels, rate_rows):
@@ -288,7 +274,7 @@ def markdown(panels, rate_rows):
              "with the function:", "",
              "| optimizer | settings | f = 0.1 x² + 2 y²: first | for good | rotated by 45°: first | for good |",
              "| --- | --- | --- | --- | --- | --- |"]
-    for name, settings in QUADRATIC_SETTINGS.items():
+    for name, settings in PANELS["quadratic"]["settings"].items():
         counts = [panels[key]["runs"][name][which] for key in ("quadratic", "rotated")
                   for which in ("steps_to_target", "steps_to_stay")]
         lines.append(f"| {name} | {settings_text(settings)} | "
@@ -317,33 +303,33 @@ def run_panels():
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
-    p = argparse.ArgumentParser(description="The five optimizers on 2-D functions, and their rates against theory.",
+    argv = provenance.record_command(__file__, argv)
+    p = argparse.ArgumentParser(description="The optimizers on 2-D functions, and their rates against theory.",
                                 epilog="Exit status: 0 done, 2 bad --out or a disk error, 130 interrupted.")
-    reporting.add_flags(p, "--out")
+    cli.add_flags(p, "--out")
     args = p.parse_args(argv)
-    args.out = args.out or reporting.default_out_dir("paths")
-    reporting.claim_out_dir_or_exit(args.out)
+    args.out = args.out or files.default_out_dir("paths")
+    exits.claim_out_dir_or_exit(args.out)
 
     panels = run_panels()
     rate_rows = rates()
-    reporting.write_json(f"{args.out}/paths.json", {key: dict(
+    files.write_json(f"{args.out}/paths.json", {key: dict(
         function=panel["title"], start=panel["start"], steps=panel["steps"], minimum=panel["minimum"],
         optimizers={name: dict(settings=panel["settings"][name], final_f=float(run["f"][-1]),
                                last_two_points=[[float(run["x"][t]), float(run["y"][t])] for t in (-2, -1)],
                                steps_to_target=run["steps_to_target"], steps_to_stay=run["steps_to_stay"])
                     for name, run in panel["runs"].items()})
         for key, panel in panels.items()} | {"target": TARGET})
-    reporting.write_json(f"{args.out}/rates.json", dict(
+    files.write_json(f"{args.out}/rates.json", dict(
         function="f = (m x^2 + L y^2) / 2, m = 1, L = kappa, from (1, 1), float64",
         measured=f"geometric mean of ||e_t+1|| / ||e_t|| over the second half of the run, which ends at "
                  f"{RATE_STEPS} steps or where ||e_t|| < {RATE_FLOOR:g}", setting_rules=SETTING_RULES, rates=rate_rows))
     summary = markdown(panels, rate_rows)
-    reporting.write_markdown(f"{args.out}/summary.md", summary)
+    files.write_markdown(f"{args.out}/summary.md", summary)
     plot_paths(panels, f"{args.out}/paths.png")
     print(summary)
     print(f"wrote {args.out}/paths.png, paths.json, rates.json, summary.md")
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

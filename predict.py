@@ -21,21 +21,21 @@ from PIL import Image
 import checkpoint
 import mlp_mnist
 import mnist_data
-import reporting
+from plumbing import cli, exits, files, provenance
 from train_utils import batched_predict, inputs_from_uint8
 
 
 def load_params(run):
     """A run folder -> its params [(w, b), ...] on the device; says so when they come from checkpoint.npz."""
     if not os.path.isdir(run):
-        reporting.fail(f"{run}: no such folder")
+        exits.fail(f"{run}: no such folder")
     name = "model.npz" if os.path.exists(os.path.join(run, "model.npz")) else "checkpoint.npz"
     if not os.path.exists(os.path.join(run, name)):
-        reporting.fail(f"{run}: holds no model.npz and no checkpoint.npz (a folder that mlp_mnist.py wrote?)")
+        exits.fail(f"{run}: holds no model.npz and no checkpoint.npz (a folder that mlp_mnist.py wrote?)")
     try:
         params, meta = checkpoint.load_model(os.path.join(run, name))
     except checkpoint.CheckpointError as err:
-        reporting.fail(err)
+        exits.fail(err)
     if name == "checkpoint.npz":
         print(f"{run} has no model.npz: using checkpoint.npz, the run stopped after epoch {meta['epoch']}")
     return jax.device_put(params), meta.get("epoch")
@@ -50,7 +50,7 @@ def measured_accuracy(params, test_set):
 
 def recorded_accuracy(run, epoch):
     """-> the test_accuracy that metrics.json recorded for `epoch` (None: its last), or None when it has none."""
-    metrics = reporting.read_json_or_none(os.path.join(run, "metrics.json")) or {}
+    metrics = files.read_json_or_none(os.path.join(run, "metrics.json")) or {}
     records = [r for r in metrics.get("epochs", []) if isinstance(r, dict) and epoch in (None, r.get("epoch"))]
     return records[-1].get("test_accuracy") if records else None
 
@@ -61,9 +61,9 @@ def read_image(path):
         with Image.open(path) as image:
             image.load()
     except FileNotFoundError:
-        reporting.fail(f"{path}: no such file")
+        exits.fail(f"{path}: no such file")
     except OSError as err:  # PIL.UnidentifiedImageError (not an image), a truncated file, a folder, ...
-        reporting.fail(f"{path}: not an image that PIL can read ({err})")
+        exits.fail(f"{path}: not an image that PIL can read ({err})")
     if image.mode == "L" and image.size == (28, 28):
         return np.asarray(image), ""
     pixels = np.asarray(image.convert("L").resize((28, 28), Image.Resampling.LANCZOS))
@@ -89,7 +89,7 @@ def evaluate(run, params, epoch, data_dir):
     try:
         _, _, test_set = mnist_data.load_mnist(data_dir)
     except mnist_data.DataError as err:
-        reporting.fail(err)
+        exits.fail(err)
     measured, recorded = measured_accuracy(params, test_set), recorded_accuracy(run, epoch)
     print(f"test accuracy: {measured!r} ({round(measured * len(test_set))} of {len(test_set)} test images)")
     if recorded is None:
@@ -97,8 +97,8 @@ def evaluate(run, params, epoch, data_dir):
         return
     print(f"metrics.json, epoch {epoch}: {recorded!r} -> {'equal' if measured == recorded else 'NOT EQUAL'}")
     if measured != recorded:
-        reporting.fail(f"the test accuracy {measured!r} is not metrics.json's {recorded!r}: not the model that run "
-                       f"evaluated, or not evaluated the same way", reporting.EXIT_CHECK_FAILED)
+        exits.fail(f"the test accuracy {measured!r} is not metrics.json's {recorded!r}: not the model that run "
+                   f"evaluated, or not evaluated the same way", exits.EXIT_CHECK_FAILED)
 
 
 def build_parser():
@@ -108,12 +108,12 @@ def build_parser():
     p.add_argument("run", metavar="RUN", help="a folder that mlp_mnist.py wrote (model.npz or checkpoint.npz)")
     p.add_argument("images", metavar="IMAGE", nargs="*",
                    help="image files (PNG, ...) to read a digit from (default: none, evaluate on the test set)")
-    reporting.add_flags(p, "--data-dir")
+    cli.add_flags(p, "--data-dir")
     return p
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     args = build_parser().parse_args(argv)
     params, epoch = load_params(args.run)
     if not args.images:
@@ -126,4 +126,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

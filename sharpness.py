@@ -32,10 +32,10 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-import reporting
+from plumbing import cli, exits, files, plots, provenance
 from mlp_mnist import step
 from optimized_sgd import make_optimizer
-from reporting import positive_float, positive_int, unit_interval
+from plumbing.cli import positive_float, positive_int, unit_interval
 from train_utils import LAYER_SIZES, init_params, inputs_from_uint8, loss
 
 # --- Defaults ------------------------------------------------------------------------------
@@ -360,7 +360,7 @@ def loss_rises(run):
 def plot_traces(result, path):
     """Four panels: the loss of every run; the recipe's runs' sharpness with their edges; sharpness / edge of the
     runs from below; Adam's preconditioned sharpness / its edge."""
-    plt = reporting.plt
+    plt = plots.plt
     fig, axes = plt.subplots(2, 2, figsize=(9, 7.4))
     (ax_loss, ax_above), (ax_below, ax_adam) = axes
     styles = ["-", "--", "-.", ":"]
@@ -393,7 +393,7 @@ def plot_traces(result, path):
     fig.legend(*ax_loss.get_legend_handles_labels(), loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(f"full-batch training on the first {result['n_images']:,} images, seed {result['seed']}", fontsize=10)
     fig.tight_layout(rect=(0, 0.1, 1, 1))
-    reporting.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def markdown(result):
@@ -451,19 +451,19 @@ def build_parser():
                    help="learning rate of the heavy-ball run (default: %(default)s)")
     p.add_argument("--momentum-mu", type=unit_interval, default=MU,
                    help="momentum mu of the heavy-ball run (default: %(default)s)")
-    reporting.add_flags(p, "--seed", "--data-dir", "--out")
+    cli.add_flags(p, "--seed", "--data-dir", "--out")
     p.add_argument("--train-subset", type=positive_int, default=N_IMAGES, metavar="N",  # shared flag, own default:
-                   help="use only the first N training images (default: %(default)s; "  # reporting.OWN_DEFAULTS
-                        + reporting.OWN_DEFAULTS[("sharpness.py", "--train-subset")] + ")")
+                   help="use only the first N training images (default: %(default)s; "  # cli.OWN_DEFAULTS
+                        + cli.OWN_DEFAULTS[("sharpness.py", "--train-subset")] + ")")
     return p
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     parser = build_parser()
     args = parser.parse_args(argv)
-    args.out = args.out or reporting.default_out_dir("sharpness")
-    train_set, _, _ = reporting.load_data_or_exit(parser, args)
+    args.out = args.out or files.default_out_dir("sharpness")
+    train_set, _, _ = exits.load_data_or_exit(parser, args)
     if len(train_set) < args.train_subset:
         parser.error(f"argument --train-subset: {args.train_subset} is more than the {len(train_set)} training images")
     result = dict(status="partial", n_images=args.train_subset, seed=args.seed,
@@ -478,18 +478,18 @@ def main(argv=None):
     result["seconds"] = time.perf_counter() - start
 
     def write(out):
-        reporting.write_json(f"{out}/sharpness.json", result)
-        reporting.write_markdown(f"{out}/summary.md", markdown(result))
+        files.write_json(f"{out}/sharpness.json", result)
+        files.write_markdown(f"{out}/summary.md", markdown(result))
         if result.get("runs"):
             plot_traces(result, f"{out}/sharpness.png")
 
-    reporting.write_or_fail(args.out, write, "the files written before it are complete")
+    exits.write_or_fail(args.out, write, "the files written before it are complete")
     if result["status"] != "completed":
         print(f"interrupted: {args.out} holds the {len(result.get('runs', []))} runs finished, marked partial",
               file=sys.stderr)
-        sys.exit(reporting.EXIT_INTERRUPTED)
+        sys.exit(exits.EXIT_INTERRUPTED)
     print(f"{result['seconds']:.0f} s; wrote {args.out}/sharpness.json, sharpness.png, summary.md")
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

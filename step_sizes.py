@@ -41,7 +41,7 @@ import torch
 
 import mlp_mnist
 import mnist_data
-import reporting
+from plumbing import cli, exits, files, provenance
 from optimized_sgd import hyperparameters, make_optimizer
 from train_utils import batch_from_uint8, batched_layer_inputs, init_params, inputs_from_uint8, loss
 
@@ -90,7 +90,7 @@ def dead_fractions(params, images):
 
 def batches(train_set, seed):
     """mlp_mnist.py's batches, epoch after epoch: uint8 images (B, 28, 28) and labels (B,) as NumPy arrays."""
-    loader = mnist_data.train_loader(train_set, reporting.SHARED_FLAGS["--batch-size"]["default"], seed)
+    loader = mnist_data.train_loader(train_set, cli.SHARED_FLAGS["--batch-size"]["default"], seed)
     for images, labels in itertools.chain.from_iterable(itertools.repeat(loader)):  # a fresh order each epoch
         yield images.numpy(), labels.numpy()
 
@@ -147,17 +147,17 @@ def table(steps, results):
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Mean step size of each optimizer on the hidden layer's weights w2, "
                                             "and how many hidden units die: why RMSProp at lr 0.01 fails here.",
                                 epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
-    p.add_argument("--steps", type=reporting.positive_int, default=100,
+    p.add_argument("--steps", type=cli.positive_int, default=100,
                    help="training steps to follow; past epoch 1's 469 they go on into epoch 2 (default: %(default)s)")
-    reporting.add_flags(p, "--seed", "--data-dir", "--out")
+    cli.add_flags(p, "--seed", "--data-dir", "--out")
     args = p.parse_args(argv)
-    args.out = args.out or reporting.default_out_dir("step_sizes")
+    args.out = args.out or files.default_out_dir("step_sizes")
     torch.set_num_threads(1)
-    train_set, _, _ = reporting.load_data_or_exit(p, args)
+    train_set, _, _ = exits.load_data_or_exit(p, args)
     header = (f"hidden-layer weights w2 (512 x 512, initial mean |w2| = 0.0080, i.e. N(0, 0.01^2)); first {args.steps} "
               f"training steps, seed {args.seed}; means over w2's entries; dead: hidden units of layer 1 / layer 2 "
               f"that output 0 for all of the first {min(DEAD_IMAGES, len(train_set)):,} training images, after "
@@ -173,15 +173,15 @@ def main(argv=None):
     lines = [header] + table(args.steps, results)
     finished = [dict(setting=s[0], optimizer=s[1], hyperparameters=s[2], schedule=s[3], **r)
                 for s, r in zip(SETTINGS, results)]
-    reporting.write_text(f"{args.out}/table.txt", "\n".join(lines))
-    reporting.write_json(f"{args.out}/step_sizes.json", dict(
+    files.write_text(f"{args.out}/table.txt", "\n".join(lines))
+    files.write_json(f"{args.out}/step_sizes.json", dict(
         steps=args.steps, seed=args.seed, warm_up=WARM_UP, dead_images=DEAD_IMAGES, layer="w2",
         status="completed" if len(results) == len(SETTINGS) else "interrupted", settings=finished))
     if len(results) < len(SETTINGS):
         print(f"interrupted: {args.out} holds the {len(results)} settings finished", file=sys.stderr)
-        sys.exit(reporting.EXIT_INTERRUPTED)
+        sys.exit(exits.EXIT_INTERRUPTED)
     print(f"wrote {args.out}/table.txt, step_sizes.json")
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

@@ -1,4 +1,4 @@
-"""A fair comparison of the five optimizers: the same tuning for each, every choice made on validation data.
+"""A fair comparison of the optimizers: the same tuning for each, every choice made on validation data.
 
     python tune_optimizers.py --vmap           # the whole study: writes runs/tuning/ (docs/06-fair-comparison.md)
     python tune_optimizers.py --optimizers sgd adam --lrs 0.01 0.1 --seeds 0 --report-seeds 1 2 --epochs 2
@@ -48,7 +48,7 @@ from matplotlib.ticker import FormatStrFormatter
 import checkpoint
 import many_models
 import mlp_mnist
-import reporting
+from plumbing import cli, exits, files, plots, provenance, stats
 from optimized_sgd import OPTIMIZERS, hyperparameters
 
 # --- The protocol's defaults ---------------------------------------------------------------
@@ -67,21 +67,21 @@ def build_parser():
                                             "validation accuracy, report test accuracy once.",
                                 epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
     p.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS),
-                   help="optimizers to tune (default: all five)")
-    p.add_argument("--lrs", type=reporting.positive_float, nargs="+", default=LRS, metavar="LR",
+                   help="optimizers to tune (default: all of them)")
+    p.add_argument("--lrs", type=cli.positive_float, nargs="+", default=LRS, metavar="LR",
                    help="the learning-rate grid, the same for every optimizer (default: " +
                         " ".join(f"{lr:g}" for lr in LRS) + ")")
-    p.add_argument("--adam-eps", type=reporting.positive_float, nargs="+", default=ADAM_EPS, metavar="EPS",
+    p.add_argument("--adam-eps", type=cli.positive_float, nargs="+", default=ADAM_EPS, metavar="EPS",
                    help="eps values of the entry 'adam (lr x eps)' (default: %(default)s)")
-    p.add_argument("--report-seeds", type=reporting.non_negative_int, nargs="+", default=REPORT_SEEDS, metavar="SEED",
+    p.add_argument("--report-seeds", type=cli.non_negative_int, nargs="+", default=REPORT_SEEDS, metavar="SEED",
                    help="the seeds each selected setting is trained with again, for the report: validation and "
                         "test accuracy (default: 3 4 ... 12)")
     p.add_argument("--reuse", metavar="DIR",
-                   help="an earlier study's folder: its runs whose settings are this study's (same optimizer, "
-                        "lr, eps, seed, epochs, split) are taken as they are; only the others are trained "
-                        "(default: none)")
-    reporting.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
-                        "--data-dir", "--out", "--resume", val_size=VAL_SIZE)
+                   help="an earlier study's folder: its runs whose settings are this study's (the same "
+                        "optimizer, lr and other hyperparameters, seed, epochs, batch size, split and loader) are "
+                        "taken as they are; only the others are trained (default: none)")
+    cli.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
+                  "--data-dir", "--out", "--resume", val_size=VAL_SIZE)
     return p
 
 
@@ -107,8 +107,10 @@ def run_config(args, name, point, seed):
 
 
 def run_key(config):
-    """Runs that share this key are the same run: 'adam' and 'adam (lr x eps)' share eps = 1e-8."""
-    return config["optimizer"], config["lr"], config.get("eps"), config["seed"]
+    """Runs that share this key are the same run: the same optimizer, seed, lr and other hyperparameters (its
+    registry entry's), so 'adam' and 'adam (lr x eps)' share the runs with eps = 1e-8."""
+    name = config["optimizer"]
+    return (name, config["seed"]) + tuple((key, config.get(key)) for key in hyperparameters(name))
 
 
 def train_optimizer(args, name, configs, data, phase):
@@ -165,7 +167,7 @@ def grid_point(point, seeds, runs, epochs):
     val = [final_accuracy(r, "val_accuracy", epochs) for r in runs]
     row = dict(point, seeds=list(seeds), val_accuracies=val, statuses=[r["status"] for r in runs])
     complete = None not in val
-    row["val_accuracy_mean"], row["val_accuracy_std"] = reporting.mean_std(val) if complete else (None, None)
+    row["val_accuracy_mean"], row["val_accuracy_std"] = stats.mean_std(val) if complete else (None, None)
     row["collapsed"] = sum(not s.startswith("diverged") and v is not None and v <= COLLAPSED
                            for s, v in zip(row["statuses"], val))
     return row
@@ -222,7 +224,7 @@ def report(args, selected, report_results):
         row = dict(seeds=list(args.report_seeds), statuses=[r["status"] for r in runs])
         for key in ("val_accuracy", "test_accuracy"):
             values = [final_accuracy(r, key, args.epochs) for r in runs]
-            row[f"{key}_mean"], row[f"{key}_std"] = reporting.mean_std(values)
+            row[f"{key}_mean"], row[f"{key}_std"] = stats.mean_std(values)
         row["final_test"] = {seed: final_accuracy(r, "test_accuracy", args.epochs)
                              for seed, r in zip(args.report_seeds, runs)}
         for target in TARGETS:
@@ -233,7 +235,7 @@ def report(args, selected, report_results):
     # over the grid, larger for an entry that tried more settings), is not biased upward.
     winner = max(rows, key=lambda label: rows[label]["val_accuracy_mean"]) if rows else None
     for label, row in rows.items():
-        row["against_winner"] = reporting.paired_difference(row["final_test"], rows[winner]["final_test"])
+        row["against_winner"] = stats.paired_difference(row["final_test"], rows[winner]["final_test"])
     return rows, winner
 
 
@@ -274,7 +276,7 @@ def markdown(args, rows, selected, reported, winner, seconds=None):
             lines.append(f"| {label} | {s['settings_tried']} | {setting} | "
                          f"{percent(s['val_accuracy_mean'], s['val_accuracy_std'])} | - | - | - | - | - |")
             continue
-        against = "the winner" if label == winner else reporting.verdict(r["against_winner"])
+        against = "the winner" if label == winner else stats.verdict(r["against_winner"])
         lines.append(f"| {label} | {s['settings_tried']} | {setting} | "
                      f"{percent(s['val_accuracy_mean'], s['val_accuracy_std'])} | "
                      f"{percent(r['val_accuracy_mean'], r['val_accuracy_std'])} | "
@@ -309,7 +311,7 @@ def markdown(args, rows, selected, reported, winner, seconds=None):
 
 def plot_sensitivity(args, rows, selected, path):
     """Final validation error against lr (log-log): mean over seeds, band min to max, the selected lr starred."""
-    fig, ax = reporting.plt.subplots(figsize=(9, 4.8))
+    fig, ax = plots.plt.subplots(figsize=(9, 4.8))
     lines = [(label, eps) for label, label_rows in rows.items()
              for eps in sorted({r.get("eps") for r in label_rows}, key=lambda e: -1 if e is None else e)
              if not (label == INCLUSION and eps == 1e-8)]  # those runs are plain adam's line
@@ -317,7 +319,7 @@ def plot_sensitivity(args, rows, selected, path):
         mine = [r for r in rows[label] if r.get("eps") == eps]
         lrs = np.array([r["lr"] for r in mine])
         errors = 100 * (1 - np.array([r["val_accuracies"] for r in mine]))  # (lrs, seeds)
-        color = reporting.plt.cm.tab10.colors[i % 10]
+        color = plots.plt.cm.tab10.colors[i % 10]
         style = dict(linestyle=("-", "--", "-.", ":")[i % 4], marker="os^vDPX*"[i % 8], markersize=4)
         name = label if eps is None else f"adam, eps {eps:g}"
         ax.plot(lrs, errors.mean(axis=1), color=color, label=name, **style)
@@ -334,11 +336,10 @@ def plot_sensitivity(args, rows, selected, path):
     ax.title.set_fontsize(9)
     ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
-    reporting.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
-SAME_RUN = ("optimizer", "lr", "mu", "rho", "beta1", "beta2", "eps", "seed", "epochs", "batch_size", "val_size",
-            "train_subset", "loader")  # what two runs must share to be the same run
+SAME_TRAINING = ("epochs", "batch_size", "val_size", "train_subset", "loader")  # with run_key: the same run
 
 
 def earlier_runs(path):
@@ -348,9 +349,9 @@ def earlier_runs(path):
         with open(f"{path}/summary.json") as f:
             earlier = json.load(f)
         runs = {run_key(r["config"]): (r["config"], dict(status=r["status"], records=r["records"]))
-                for r in earlier["runs"]}
+                for r in earlier["runs"] if r["config"]["optimizer"] in OPTIMIZERS}  # another's: nothing to reuse
     except (OSError, ValueError, KeyError, TypeError) as err:
-        reporting.fail(f"--reuse {path}: not a study's folder ({err})")
+        exits.fail(f"--reuse {path}: not a study's folder ({err})")
     return runs, earlier.get("seconds", {})
 
 
@@ -358,7 +359,7 @@ def write_results(out, args, grid, results, report_results, seconds, interrupted
     """summary.json, summary.md and sensitivity.png into out -> (rows, selected, reported, winner)."""
     rows, selected = summarise(args, grid, results)
     reported, winner = report(args, selected, report_results)
-    reporting.write_json(f"{out}/summary.json", dict(
+    files.write_json(f"{out}/summary.json", dict(
         status="interrupted" if interrupted else "completed",
         val_size=args.val_size, seeds=args.seeds, report_seeds=args.report_seeds, epochs=args.epochs, lrs=args.lrs,
         adam_eps=args.adam_eps, vmap=args.vmap, loader=args.loader, train_subset=args.train_subset, seconds=seconds,
@@ -367,7 +368,7 @@ def write_results(out, args, grid, results, report_results, seconds, interrupted
         runs=[dict(config=config, status=run["status"], records=run["records"]) for config, run in results.values()],
         report_runs=[dict(config=config, status=run["status"], records=run["records"])
                      for config, run in report_results.values()]))
-    reporting.write_markdown(f"{out}/summary.md", markdown(args, rows, selected, reported, winner, seconds))
+    files.write_markdown(f"{out}/summary.md", markdown(args, rows, selected, reported, winner, seconds))
     if rows:
         plot_sensitivity(args, rows, selected, f"{out}/sensitivity.png")
     return rows, selected, reported, winner
@@ -398,9 +399,9 @@ def train_phase(args, configs, data, done, seconds, name, phase):
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     parser = build_parser()
-    args = reporting.study_args(parser, argv, parser.parse_args(argv), "tuning")
+    args = cli.study_args(parser, argv, parser.parse_args(argv), "tuning")
     args.lrs = sorted(set(args.lrs))
     if set(args.seeds) & set(args.report_seeds):
         parser.error(f"argument --report-seeds: {sorted(set(args.seeds) & set(args.report_seeds))} also select the "
@@ -410,14 +411,14 @@ def main(argv=None):
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
     if args.val_size < 1:
         parser.error("argument --val-size: must be at least 1: the learning rates are chosen on validation data")
-    train_set, val_set, test_set = reporting.load_data_or_exit(parser, args, args.batch_size)
-    reporting.write_or_fail(args.out, lambda out: reporting.save_study_args(args), "nothing was saved")
+    train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
+    exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
 
     grid = entries(args.optimizers, args.lrs, args.adam_eps)
     results, report_results, seconds, interrupted = {}, {}, {}, False  # run_key -> (config, run)
     earlier, args.reused_seconds = earlier_runs(args.reuse) if args.reuse else ({}, None)
     args.reused_runs = 0
-    save = lambda done: reporting.write_or_fail(  # noqa: E731
+    save = lambda done: exits.write_or_fail(  # noqa: E731
         args.out, lambda out: write_results(out, args, grid, results, report_results, seconds, done),
         "the files written before it are complete")
     try:
@@ -425,7 +426,7 @@ def main(argv=None):
             configs = optimizer_configs(args, grid, name, lambda label, point: args.seeds)
             for key, config in list(configs.items()):
                 old = earlier.get(key)
-                if old and all(old[0].get(k) == config.get(k) for k in SAME_RUN):
+                if old and all(old[0].get(k) == config.get(k) for k in SAME_TRAINING):
                     results[key] = (config, old[1])
                     args.reused_runs += 1
                     del configs[key]
@@ -446,7 +447,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         interrupted = True
     except checkpoint.CheckpointError as err:
-        reporting.fail(f"--resume {args.out}: {err}")
+        exits.fail(f"--resume {args.out}: {err}")
     rows, selected, reported, winner = save(interrupted)
     print(markdown(args, rows, selected, reported, winner, seconds))
     print(f"{len(results)} selection runs and {len(report_results)} report runs in "
@@ -459,8 +460,8 @@ def main(argv=None):
     if interrupted:
         print(f"interrupted: {args.out} holds the optimizers that finished; python tune_optimizers.py --resume "
               f"{args.out} goes on", file=sys.stderr)
-        sys.exit(reporting.EXIT_INTERRUPTED)
+        sys.exit(exits.EXIT_INTERRUPTED)
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

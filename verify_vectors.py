@@ -37,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import reporting
+from plumbing import cli, exits, files, plots, provenance, stats
 
 try:
     import resource  # getrusage: page-fault counts (Unix only)
@@ -198,7 +198,7 @@ def time_configuration(name, config, x_host, seconds):
     """Median seconds, repeats and page faults per call of one configuration on x_host (n,)."""
     timing_input = np.ones_like(x_host) if config.chained else x_host
     call = config.make(timing_input)
-    median, repeats = reporting.median_seconds(call, seconds=seconds)
+    median, repeats = stats.median_seconds(call, seconds=seconds)
     faults = faults_per_call(call, max(3, repeats // FAULT_SHARE))
     if config.chained:  # ones squared any number of times: still ones
         check_result(name, call(), timing_input, timing_input)
@@ -210,7 +210,7 @@ def measure_size(size, seconds, configs):
     x_host = np.random.default_rng(0).uniform(-2, 2, size).astype(np.float32)
     timed = {name: c for name, c in configs.items() if name != "python loop" or size <= LOOP_MAX_SIZE}
     first_call = check_correctness(timed, x_host)
-    transfer, _ = reporting.median_seconds(lambda: jax.device_put(x_host).block_until_ready(), seconds=seconds / 4)
+    transfer, _ = stats.median_seconds(lambda: jax.device_put(x_host).block_until_ready(), seconds=seconds / 4)
 
     rows = {}
     for name, config in timed.items():
@@ -249,7 +249,7 @@ def format_header(device, seconds, caches):
     cache_text = ", ".join(f"{name} {size}" for name, size in caches.items()) or "caches unknown"
     return (f"JAX {jax.__version__} on {device}; NumPy {np.__version__}; float32; medians over repeats of ~{seconds} s "
             f"each; vs NumPy: NumPy's time (x * x, or its polynomial) / this one's; vs in place: for the two that "
-            f"write over their input, NumPy's out=x / this one's\n{reporting.machine()['cpu_model']}; {cache_text}")
+            f"write over their input, NumPy's out=x / this one's\n{provenance.machine()['cpu_model']}; {cache_text}")
 
 
 def format_table(result):
@@ -298,7 +298,7 @@ PLOT_STYLE = {
 
 def plot(results, title, path):
     """Median milliseconds per call against size, log-log, one line per configuration; legend outside."""
-    fig, ax = reporting.plt.subplots(figsize=(9, 5))
+    fig, ax = plots.plt.subplots(figsize=(9, 5))
     for name, (colour, style, marker) in PLOT_STYLE.items():
         points = [(r["size"], 1e3 * r["rows"][name]["median_s"]) for r in results if name in r["rows"]]
         if not points:
@@ -311,22 +311,22 @@ def plot(results, title, path):
     ax.grid(True, which="major", alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.tight_layout()
-    reporting.save_figure(fig, path)
+    plots.save_figure(fig, path)
 
 
 def write_outputs(out, report, table_text, title):
     """results.json, table.txt and square.png into the claimed folder `out`."""
-    reporting.write_json(f"{out}/results.json", report)
-    reporting.write_text(f"{out}/table.txt", table_text)
+    files.write_json(f"{out}/results.json", report)
+    files.write_text(f"{out}/table.txt", table_text)
     plot(report["results"], title, f"{out}/square.png")
 
 
-size_arg = reporting.number_type(float, lambda v: 1 <= v <= 1e9 and v.is_integer(), "a whole number from 1 to 1e9")
-seconds_arg = reporting.number_type(float, lambda v: 0 < v <= 60, "in (0, 60]")
+size_arg = cli.number_type(float, lambda v: 1 <= v <= 1e9 and v.is_integer(), "a whole number from 1 to 1e9")
+seconds_arg = cli.number_type(float, lambda v: 0 < v <= 60, "in (0, 60]")
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Time a float32 vector square in JAX, NumPy and a Python loop, "
                                             "against the memory floor (a copy), with page faults per call.",
                                 epilog="Exit status: 0 done, 2 bad input or a disk error, 4 the check failed "
@@ -336,10 +336,10 @@ def main(argv=None):
     p.add_argument("--seconds-per-config", type=seconds_arg, default=DEFAULT_SECONDS, metavar="SECONDS",
                    help="wall-clock seconds spent repeating each configuration at each size; the median of "
                         "those calls is reported (default: %(default)s)")
-    reporting.add_flags(p, "--json", "--out")
+    cli.add_flags(p, "--json", "--out")
     args = p.parse_args(argv)
-    args.out = args.out or reporting.default_out_dir("verify_vectors")
-    reporting.claim_out_dir_or_exit(args.out)
+    args.out = args.out or files.default_out_dir("verify_vectors")
+    exits.claim_out_dir_or_exit(args.out)
 
     device, caches = str(jax.devices()[0]), cpu_caches()
     header = format_header(device, args.seconds_per_config, caches)
@@ -354,9 +354,9 @@ def main(argv=None):
             if not args.json:
                 print(tables[-1] + "\n", flush=True)
     except MismatchError as err:
-        problem = (f"wrong result at size {size:,}: {err}", reporting.EXIT_CHECK_FAILED)
+        problem = (f"wrong result at size {size:,}: {err}", exits.EXIT_CHECK_FAILED)
     except KeyboardInterrupt:
-        problem = ("interrupted (Ctrl-C)", reporting.EXIT_INTERRUPTED)
+        problem = ("interrupted (Ctrl-C)", exits.EXIT_INTERRUPTED)
     report = dict(device=device, seconds_per_config=args.seconds_per_config, caches=caches,
                   status="completed" if problem is None else "partial", results=results)
     if args.json:
@@ -364,8 +364,8 @@ def main(argv=None):
     title = f"x * x (NumPy solid, JAX dashed) and a degree-4 polynomial (dotted) on {device}"
     kept = f"{args.out} holds the sizes finished before it" if results else "nothing was written"
     if results:
-        reporting.write_or_fail(args.out, lambda out: write_outputs(out, report, "\n\n".join(tables), title),
-                                "the files written before it are complete")
+        exits.write_or_fail(args.out, lambda out: write_outputs(out, report, "\n\n".join(tables), title),
+                            "the files written before it are complete")
     if problem:
         print(f"error: {problem[0]}; {kept}", file=sys.stderr)
         sys.exit(problem[1])
@@ -373,4 +373,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

@@ -41,10 +41,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import many_models  # noqa: E402
 import mlp_mnist  # noqa: E402
 import mnist_data  # noqa: E402
-import reporting  # noqa: E402
+from plumbing import cli, exits, files, provenance, stats  # noqa: E402
 from train_utils import LAYER_SIZES, init_params  # noqa: E402
 
-BATCH = reporting.SHARED_FLAGS["--batch-size"]["default"]
+BATCH = cli.SHARED_FLAGS["--batch-size"]["default"]
 VAL_SHARE = 6  # the vmap comparison holds out the last sixth (10,000 of 60,000) and trains on the rest, as docs/06
 
 
@@ -92,7 +92,7 @@ def matmul_rate(m, k, n, seconds=0.5):
     start = time.perf_counter()
     products(a, b, 1).block_until_ready()
     count = max(1, int(seconds / 5 / max(time.perf_counter() - start, 1e-6)))
-    seconds = reporting.median_seconds(lambda: products(a, b, count).block_until_ready(), repeats=5)[0]
+    seconds = stats.median_seconds(lambda: products(a, b, count).block_until_ready(), repeats=5)[0]
     seconds_per_product = seconds / count
     return 2 * m * k * n / seconds_per_product
 
@@ -133,7 +133,7 @@ def evaluation_seconds(train_set, test_set, chunk, repeats):
     images = [jax.device_put(s.data.numpy()) for s in (train_set, test_set)]
     default, mlp_mnist.EVAL_CHUNK = mlp_mnist.EVAL_CHUNK, chunk  # the one knob this measurement turns
     try:
-        return reporting.median_seconds(
+        return stats.median_seconds(
             lambda: [mlp_mnist.predict_all(mlp_mnist.predicted_digits, params, i) for i in images], repeats)[0]
     finally:
         mlp_mnist.EVAL_CHUNK = default
@@ -165,7 +165,7 @@ def measure(args, train_set, test_set, result, say):
     result["matmul_2048_gflops"] = matmul_rate(2048, 2048, 2048, seconds=2) / 1e9
 
     parser = mlp_mnist.build_parser()
-    config = reporting.resolve_hyperparameters(parser, vars(parser.parse_args(
+    config = cli.resolve_hyperparameters(parser, vars(parser.parse_args(
         ["--optimizer", "sgd", "--epochs", str(args.timed_epochs + 1)])))
     quiet = lambda line: None  # noqa: E731
 
@@ -188,7 +188,7 @@ def measure(args, train_set, test_set, result, say):
     result.update(device_epoch_s=spread(epochs_of(run)), device_compile_s=run["compile_seconds"])
     say("the DataLoader alone: one epoch of its batches, no training ...")
     loader = mnist_data.train_loader(train_set, BATCH, seed=0)
-    result["loader_alone_epoch_s"] = reporting.median_seconds(
+    result["loader_alone_epoch_s"] = stats.median_seconds(
         lambda: [(images.numpy(), labels.numpy()) for images, labels in loader], args.timed_epochs)[0]
 
     held_out = n // VAL_SHARE
@@ -278,24 +278,24 @@ def table(result):
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Training speed of mlp_mnist.py against the matmul floor, many models "
                                             "as one program, and PyTorch.",
                                 epilog="Exit status: 0 done, 2 bad input or a disk error, 130 interrupted.")
-    p.add_argument("--timed-epochs", type=reporting.positive_int, default=4,
+    p.add_argument("--timed-epochs", type=cli.positive_int, default=4,
                    help="epochs timed for each training path, after one untimed epoch each; medians and ranges are "
                         "reported (default: %(default)s)")
-    p.add_argument("--vmap-models", type=reporting.positive_int, nargs="+", default=[3, 10], metavar="S",
+    p.add_argument("--vmap-models", type=cli.positive_int, nargs="+", default=[3, 10], metavar="S",
                    help="how many models to train as one program, each count timed against one model "
                         "(default: 3 10)")
-    p.add_argument("--pytorch-threads", type=reporting.positive_int, default=os.cpu_count(),
+    p.add_argument("--pytorch-threads", type=cli.positive_int, default=os.cpu_count(),
                    help="threads of the PyTorch baseline (default: all cores, %(default)s)")
-    reporting.add_flags(p, "--data-dir", "--json", "--out")
+    cli.add_flags(p, "--data-dir", "--json", "--out")
     args = p.parse_args(argv)
-    args.out = args.out or reporting.default_out_dir("train_speed")
+    args.out = args.out or files.default_out_dir("train_speed")
     torch.set_num_threads(1)  # as mlp_mnist.main does
-    train_set, _, test_set = reporting.load_data_or_exit(p, args)
-    machine = reporting.machine()
+    train_set, _, test_set = exits.load_data_or_exit(p, args)
+    machine = provenance.machine()
     avx512 = "yes" if "avx512f" in (machine["cpu_flags"] or "").split() else "no"
     result = dict(status="partial", device=str(jax.devices()[0]),
                   header=f"device {jax.devices()[0]}, jax {jax.__version__}, torch {torch.__version__}; "
@@ -309,15 +309,15 @@ def main(argv=None):
     except KeyboardInterrupt:
         pass
     text = table(result) if result["status"] == "completed" else json.dumps(result, indent=2)
-    reporting.write_or_fail(args.out, lambda out: (reporting.write_json(f"{out}/train_speed.json", result),
-                                                   reporting.write_text(f"{out}/table.txt", text)),
-                            "the files written before it are complete")
+    exits.write_or_fail(args.out, lambda out: (files.write_json(f"{out}/train_speed.json", result),
+                                               files.write_text(f"{out}/table.txt", text)),
+                        "the files written before it are complete")
     if result["status"] != "completed":
         print(f"interrupted: {args.out}/train_speed.json holds what was measured, marked partial", file=sys.stderr)
-        sys.exit(reporting.EXIT_INTERRUPTED)
+        sys.exit(exits.EXIT_INTERRUPTED)
     print(json.dumps(result, indent=2) if args.json else "\n" + text)
     print(f"wrote {args.out}/train_speed.json, table.txt", file=sys.stderr)
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

@@ -14,7 +14,7 @@ Nothing is deleted or mixed: a part whose outputs exist already is refused befor
 runs. Move the old outputs away first (git rm -r results/NAME, or mv), then run again.
 Run the parts one after another on a quiet machine: their timings are part of the results.
 
---check reads the provenance every file records (reporting.provenance: a JSON file's "provenance",
+--check reads the provenance every file records (provenance.provenance: a JSON file's "provenance",
 a text file's last line, a PNG's text chunk) and fails (exit status 4) when a file records none,
 when two files name different machines, or when two files ran different contents of the same
 module: the results then do not come from one code version on one machine. It names the files.
@@ -27,7 +27,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
-import reporting  # noqa: E402
+from plumbing import exits, provenance  # noqa: E402
 
 OPTIMIZERS = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
 SWEEP = ("rmsprop:lr=0.00003,rho=0.9 rmsprop:lr=0.00003,rho=0.99 rmsprop:lr=0.0001,rho=0.9 "
@@ -90,7 +90,7 @@ def check(folder):
     problems, machines, modules = [], {}, {}
     for path in files_under(folder):
         shown = os.path.relpath(path, ROOT)
-        found = reporting.read_provenance(path)
+        found = provenance.read_provenance(path)
         if not found or "code" not in found or "machine" not in found:
             problems.append(f"{shown}: records no provenance")
             continue
@@ -117,7 +117,7 @@ def run_step(s):
 
 
 def main(argv=None):
-    argv = reporting.record_command(__file__, argv)
+    argv = provenance.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Regenerate results/ with the docs' own commands (for maintainers).",
                                 epilog="Exit status: 0 done, 2 bad input, 4 the check failed (--check), or a "
                                        "part's own exit status.")
@@ -132,8 +132,8 @@ def main(argv=None):
         for line in problems:
             print(line)
         if problems:
-            reporting.fail(f"results/ does not come from one code version on one machine ({len(problems)} "
-                           f"problems above)", reporting.EXIT_CHECK_FAILED)
+            exits.fail(f"results/ does not come from one code version on one machine ({len(problems)} "
+                       f"problems above)", exits.EXIT_CHECK_FAILED)
         files = list(files_under(os.path.join(ROOT, "results")))
         print(f"{len(files)} files: one machine, one code version")
         return
@@ -148,18 +148,18 @@ def main(argv=None):
         p.error(f"unknown part {unknown[0]!r} (choose from {', '.join(PARTS)}, or all)")
     existing = [path for n in names for path in outputs(n) if os.path.lexists(os.path.join(ROOT, path))]
     if existing:
-        reporting.fail(f"{existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
-                       f"move the old outputs away first (git rm -r, or mv); nothing was run")
+        exits.fail(f"{existing[0]} exists{f' (and {len(existing) - 1} more)' if len(existing) > 1 else ''}: "
+                   f"move the old outputs away first (git rm -r, or mv); nothing was run")
     total = time.perf_counter()
     for name in names:
         start = time.perf_counter()
         for s in PARTS[name][1]:
             code = run_step(s)
             if code != 0:
-                reporting.fail(f"part {name}: `{' '.join(s['argv'])}` exited with {code}", code)
+                exits.fail(f"part {name}: `{' '.join(s['argv'])}` exited with {code}", code)
         print(f"== {name}: {(time.perf_counter() - start) / 60:.1f} minutes", flush=True)
     print(f"== all {len(names)} parts: {(time.perf_counter() - total) / 60:.1f} minutes", flush=True)
 
 
 if __name__ == "__main__":
-    reporting.run_script(main)
+    exits.run_script(main)

@@ -11,6 +11,8 @@ import os
 import struct
 import sys
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -18,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import mnist_data  # noqa: E402
-import reporting  # noqa: E402
+from plumbing import cli, exits, files  # noqa: E402
 from mnist_data import IMAGES_MAGIC, LABELS_MAGIC  # noqa: E402
 
 
@@ -54,7 +56,7 @@ def real_mnist_or_skip(environ, root):
 @pytest.fixture(autouse=True)
 def default_out_in_tmp(tmp_path, monkeypatch):
     """A script run without --out writes into runs/ of a temporary folder, never into the repository's."""
-    monkeypatch.setattr(reporting, "RUNS_DIR", str(tmp_path / "runs"))
+    monkeypatch.setattr(files, "RUNS_DIR", str(tmp_path / "runs"))
 
 
 @pytest.fixture(scope="session")
@@ -77,12 +79,25 @@ def write_file(path, content, gz=False):
     return str(path)
 
 
-def write_fake_mnist(folder, n_train=300, n_test=50, gz=False, dotted=False, seed=0):
-    """The four IDX files in `folder`, random images and labels; -> {split: (images, labels)} written."""
+def learnable_images(labels, rng):
+    """Digits a model can learn: faint noise (0-63), and a bright 6x6 square whose place says the label (two rows
+    of five places) -> uint8 (N, 28, 28)."""
+    images = rng.integers(0, 64, (len(labels), 28, 28), dtype=np.uint8)
+    for image, label in zip(images, labels):
+        row, col = 4 + 12 * (label // 5), 2 + 5 * (label % 5)
+        image[row:row + 6, col:col + 6] = 255
+    return images
+
+
+def write_fake_mnist(folder, n_train=300, n_test=50, gz=False, dotted=False, seed=0, learnable=False):
+    """The four IDX files in `folder`, random labels and random images (learnable: learnable_images of the labels)
+    -> {split: (images, labels)} written."""
     os.makedirs(folder, exist_ok=True)
     rng = np.random.default_rng(seed)
-    content = {split: (rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8))
-               for split, n in (("train", n_train), ("test", n_test))}
+    content = {}
+    for split, n in (("train", n_train), ("test", n_test)):
+        images, labels = rng.integers(0, 256, (n, 28, 28), dtype=np.uint8), rng.integers(0, 10, n, dtype=np.uint8)
+        content[split] = (learnable_images(labels, rng) if learnable else images, labels)
     for split, (image_name, label_name) in mnist_data.SPLIT_FILES.items():
         images, labels = content[split]
         for name, array, magic in ((image_name, images, IMAGES_MAGIC), (label_name, labels, LABELS_MAGIC)):
@@ -105,6 +120,20 @@ def fake_data(fake_dir):
     return mnist_data.load_mnist(fake_dir)
 
 
+@pytest.fixture(scope="session")
+def learnable_dir(tmp_path_factory):
+    """A folder of fake MNIST that can be learned (learnable_images): 600 training images, 200 test images."""
+    folder = tmp_path_factory.mktemp("learnable-mnist")
+    write_fake_mnist(folder, n_train=600, n_test=200, learnable=True)
+    return str(folder)
+
+
+@pytest.fixture(scope="session")
+def learnable_data(learnable_dir):
+    """learnable_dir's (train, validation None, test) datasets."""
+    return mnist_data.load_mnist(learnable_dir)
+
+
 # --- The optimizers' references ------------------------------------------------------------------
 
 LR = 0.01
@@ -112,21 +141,93 @@ HYPER = dict(mu=0.9, rho=0.9, beta1=0.9, beta2=0.999, eps=1e-8)
 
 
 def optax_reference(name, lr=LR, hyper=HYPER):
-    """The optax transformation that must follow the same trajectory as our optimizer `name`."""
+    """The optax transformation that must follow the same trajectory as our optimizer `name` (its registry entry's)."""
     import optax
 
-    return {"sgd": lambda: optax.sgd(lr),
-            "momentum": lambda: optax.sgd(lr, momentum=hyper["mu"]),
-            "nesterov": lambda: optax.sgd(lr, momentum=hyper["mu"], nesterov=True),
-            "rmsprop": lambda: optax.rmsprop(lr, decay=hyper["rho"], eps=hyper["eps"], eps_in_sqrt=False),
-            "adam": lambda: optax.adam(lr, b1=hyper["beta1"], b2=hyper["beta2"], eps=hyper["eps"])}[name]()
+    from optimized_sgd import OPTIMIZERS
+
+    return OPTIMIZERS[name].optax(optax, lr, **takes(name, hyper))
 
 
 def takes(name, hyper=HYPER):
-    """The hyperparameters of HYPER that optimizer `name` takes."""
+    """The hyperparameters optimizer `name` takes besides lr: HYPER's value where it has one, else the default."""
     from optimized_sgd import hyperparameters
 
-    return {key: value for key, value in hyper.items() if key in hyperparameters(name)}
+    return {key: hyper.get(key, default) for key, default in hyperparameters(name).items() if key != "lr"}
+
+
+STEPS = 60
+RTOL, ATOL = 2e-5, 2e-6  # float32: params are O(1) and each step moves them by <= ~lr
+LEAF_GRAD_SCALES = (1.0, 1e-3, 1e-8)  # the last one is on the order of eps
+
+
+def random_params(seed=0):
+    """A model-shaped pytree: [(w (5, 4), b (4,)), (w (4, 3), b (3,)), (w (3, 2), b (2,))]."""
+    keys = jax.random.split(jax.random.key(seed), 6)
+    shapes = [(5, 4), (4,), (4, 3), (3,), (3, 2), (2,)]
+    leaves = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
+    return [(leaves[0], leaves[1]), (leaves[2], leaves[3]), (leaves[4], leaves[5])]
+
+
+def make_loss(params, seed=1):
+    """loss(point, step) -> a number whose gradient depends on the point and on the step.
+
+    Elementwise, layer i's loss is LEAF_GRAD_SCALES[i] * (p^2 / 2 - cos(3 p) / 3 + noise_step * p),
+    so its gradient is LEAF_GRAD_SCALES[i] * (p + sin(3 p) + noise_step).
+    """
+    leaves = jax.tree.leaves(params)
+    noise_keys = jax.random.split(jax.random.key(seed), len(leaves))
+    noises = [jax.random.normal(k, (STEPS,) + leaf.shape) for k, leaf in zip(noise_keys, leaves)]
+    scales = [LEAF_GRAD_SCALES[i // 2] for i in range(len(leaves))]  # (w, b) of a layer share one
+
+    def loss(point, step):
+        return sum(jnp.sum(s * (p ** 2 / 2 - jnp.cos(3 * p) / 3 + n[step] * p))
+                   for s, p, n in zip(scales, jax.tree.leaves(point), noises))
+
+    return loss
+
+
+def our_trajectory(name, params, loss, hyper_as=float):
+    """The points where our optimizer takes its gradients, after each of STEPS steps of mlp_mnist.step, the
+    step mlp_mnist.py trains with. hyper_as: how the hyperparameters are passed (float, or jnp.float32 arrays
+    to a jitted step, as mlp_mnist.train_step takes them)."""
+    import mlp_mnist
+    from optimized_sgd import make_optimizer
+
+    hyper = {key: hyper_as(value) for key, value in dict(lr=LR, **takes(name)).items()}
+    one_step = jax.jit(lambda params, state, hyper, t: mlp_mnist.step(make_optimizer(name, **hyper), loss, params, state,
+                                                                       t))
+    opt = make_optimizer(name, **hyper)
+    state = opt.init(params)
+    points = []
+    for t in range(STEPS):
+        params, state, _ = one_step(params, state, hyper, t)
+        points.append(opt.grad_point(params, state))
+    return points
+
+
+def optax_trajectory(tx, params, loss):
+    """The points of optax transformation tx after each of STEPS steps on loss (its gradient at its params)."""
+    import optax
+
+    state = tx.init(params)
+    points = []
+
+    @jax.jit
+    def step_fn(params, state, step):
+        updates, state = tx.update(jax.grad(loss)(params, step), state, params)
+        return optax.apply_updates(params, updates), state
+
+    for step in range(STEPS):
+        params, state = step_fn(params, state, step)
+        points.append(params)
+    return points
+
+
+def assert_same_trajectory(ours, reference):
+    for step, (a, b) in enumerate(zip(ours, reference), start=1):
+        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+            np.testing.assert_allclose(leaf_a, leaf_b, rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
 
 
 # --- Runs and scripts ----------------------------------------------------------------------------
@@ -137,7 +238,7 @@ def config_for(optimizer="sgd", epochs=2, **overrides):
     import mlp_mnist
 
     parser = mlp_mnist.build_parser()
-    config = reporting.resolve_hyperparameters(parser, vars(parser.parse_args(
+    config = cli.resolve_hyperparameters(parser, vars(parser.parse_args(
         ["--optimizer", optimizer, "--epochs", str(epochs)])))
     return dict(config, **overrides)
 
@@ -147,11 +248,11 @@ def without_seconds(records):
 
 
 def run_script(main, argv, capsys):
-    """reporting.run_script(main, argv), as a script's __main__ runs it -> (exit status, stdout, stderr lines).
+    """exits.run_script(main, argv), as a script's __main__ runs it -> (exit status, stdout, stderr lines).
 
     It must end with SystemExit or return (status 0), never raise anything else."""
     try:
-        reporting.run_script(main, list(argv))
+        exits.run_script(main, list(argv))
         status = 0
     except SystemExit as exit_info:
         status = exit_info.code or 0
@@ -174,3 +275,22 @@ def characteristic_polynomial(name, lr, mu, h):
     return {"sgd": [1, -shrink],
             "momentum": [1, -(1 + mu - lr * h), mu],
             "nesterov": [1, -(1 + mu) * shrink, mu * shrink]}[name]
+
+
+# --- What a saved plot shows ----------------------------------------------------------------------
+
+
+def coloured_fraction(path):
+    """The fraction of a PNG's pixels in colour (channels apart by > 0.2): lines, markers and colour maps are in
+    colour; axes, ticks and text are black and grey, so an empty plot has (nearly) none."""
+    import matplotlib.image
+
+    rgb = matplotlib.image.imread(path)[..., :3]
+    return float(np.mean(rgb.max(axis=-1) - rgb.min(axis=-1) > 0.2))
+
+
+def dark_fraction(path):
+    """The fraction of a PNG's pixels darker than mid-grey (digits drawn dark on white, say)."""
+    import matplotlib.image
+
+    return float(np.mean(matplotlib.image.imread(path)[..., :3].mean(axis=-1) < 0.5))

@@ -9,6 +9,7 @@ import matplotlib.image
 import pytest
 
 import compare_optimizers
+from plumbing import stats
 from conftest import ROOT
 
 
@@ -82,21 +83,21 @@ def test_paired_differences_and_their_verdicts():
     interval 0.02 ± 4.303 x 0.01 / sqrt(3) = [-0.00484, 0.04484]: it holds 0, so no verdict. With 0.019,
     0.020, 0.021 the std is 0.001 and the interval [0.01752, 0.02248]: higher."""
     a = {0: 0.90, 1: 0.90, 2: 0.90, 7: 0.5}  # seed 7 has no partner: left out
-    wide = compare_optimizers.reporting.paired_difference({0: 0.91, 1: 0.92, 2: 0.93}, a)
+    wide = stats.paired_difference({0: 0.91, 1: 0.92, 2: 0.93}, a)
     assert wide["seeds"] == [0, 1, 2] and wide["mean"] == pytest.approx(0.02)
     assert wide["low"] == pytest.approx(0.02 - 4.303 * 0.01 / 3 ** 0.5) and wide["high"] == pytest.approx(
         0.02 + 4.303 * 0.01 / 3 ** 0.5)
-    assert compare_optimizers.reporting.verdict(wide) == "cannot tell apart: +2.00 [-0.48, +4.48]"
-    narrow = compare_optimizers.reporting.paired_difference({0: 0.919, 1: 0.920, 2: 0.921}, a)
-    assert compare_optimizers.reporting.verdict(narrow) == "higher: +2.00 [+1.75, +2.25]"
-    lower = compare_optimizers.reporting.paired_difference(a, {0: 0.919, 1: 0.920, 2: 0.921})
-    assert compare_optimizers.reporting.verdict(lower).startswith("lower: -2.00")
+    assert stats.verdict(wide) == "cannot tell apart: +2.00 [-0.48, +4.48]"
+    narrow = stats.paired_difference({0: 0.919, 1: 0.920, 2: 0.921}, a)
+    assert stats.verdict(narrow) == "higher: +2.00 [+1.75, +2.25]"
+    lower = stats.paired_difference(a, {0: 0.919, 1: 0.920, 2: 0.921})
+    assert stats.verdict(lower).startswith("lower: -2.00")
 
 
 def test_the_t_quantiles_are_students():
-    stats = pytest.importorskip("scipy.stats")
-    for df, quantile in compare_optimizers.reporting.T_975.items():
-        assert quantile == pytest.approx(stats.t.ppf(0.975, df), abs=6e-4)
+    scipy_stats = pytest.importorskip("scipy.stats")
+    for df, quantile in stats.T_975.items():
+        assert quantile == pytest.approx(scipy_stats.t.ppf(0.975, df), abs=6e-4)
 
 
 def test_only_seeds_that_completed_every_epoch_are_averaged():

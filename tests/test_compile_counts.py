@@ -34,20 +34,28 @@ def mark(name):
 '''
 
 
-MARKED_LOOP = r'''
-real_loop, runs = mlp_mnist.loop, []
-def loop(setup, count, data_, epochs, log=print, on_epoch=lambda results: None, *rest, **kwargs):
+MARKED_TRAINING = r'''
+runs = []
+real = dict(compile_predictions=mlp_mnist.compile_predictions, train=mlp_mnist.train,
+            train_many=many_models.train_many)
+def compile_predictions(*args):  # the setup's last compilation
+    real["compile_predictions"](*args)
     runs.append(1)
-    def marked_setup():
-        models = setup()
-        mark(f"run {len(runs)} setup")
-        return models
-    def marked(results):
-        mark(f"run {len(runs)} epoch {len(results[0]['records'])}")
-        on_epoch(results)
-    return real_loop(marked_setup, count, data_, epochs, log, marked, *rest, **kwargs)
-mlp_mnist.loop = loop
-'''  # mlp_mnist.loop, marked after its setup and after each epoch
+    mark(f"run {len(runs)} setup")
+def marked(on_epoch):
+    def after_epoch(run_or_runs):
+        first = run_or_runs if isinstance(run_or_runs, dict) else run_or_runs[0]
+        mark(f"run {len(runs)} epoch {len(first['records'])}")
+        on_epoch(run_or_runs)
+    return after_epoch
+mlp_mnist.compile_predictions = compile_predictions
+mlp_mnist.train = lambda *args, on_epoch=lambda run: None, **kwargs: real["train"](
+    *args, on_epoch=marked(on_epoch), **kwargs)
+many_models.train_many = lambda *args, on_epoch=lambda runs: None, **kwargs: real["train_many"](
+    *args, on_epoch=marked(on_epoch), **kwargs)
+def unmark():
+    mlp_mnist.compile_predictions, mlp_mnist.train, many_models.train_many = real.values()
+'''  # mlp_mnist.train and many_models.train_many, marked after their setup and after each epoch
 
 
 def compile_counts(code, *argv, **env):
@@ -71,9 +79,9 @@ def counts(fake_dir, tmp_path_factory):
     2 learning rates x 3 seeds of it; a mark between each, and after each epoch of the mlp_mnist runs."""
     out = str(tmp_path_factory.mktemp("compiles"))
     code = r'''
-import compare_optimizers, mlp_mnist
+import compare_optimizers, many_models, mlp_mnist
 data, out = sys.argv[1], sys.argv[2]
-''' + MARKED_LOOP + r'''mark("start")
+''' + MARKED_TRAINING + r'''mark("start")
 for loader in ("torch", "device"):
     mlp_mnist.main(["--optimizer", "rmsprop", "--lr", "0.01", "--seed", "0", "--epochs", "2", "--loader", loader,
                     "--data-dir", data, "--out", f"{out}/{loader}-a"])
@@ -81,7 +89,7 @@ for loader in ("torch", "device"):
     mlp_mnist.main(["--optimizer", "rmsprop", "--lr", "0.1", "--rho", "0.5", "--eps", "0.001", "--seed", "3",
                     "--epochs", "1", "--loader", loader, "--data-dir", data, "--out", f"{out}/{loader}-b"])
     mark(f"{loader} second run")
-mlp_mnist.loop = real_loop
+unmark()
 compare = ["--epochs", "1", "--data-dir", data, "--batch-size", "64", "--train-subset", "256"]  # one batch shape, new
 compare_optimizers.main(["--configs", "sgd", "momentum", "nesterov", "rmsprop", "adam", "--seeds", "0", "1", "2",
                          "--out", f"{out}/five"] + compare)
@@ -135,9 +143,9 @@ def vmap_counts(fake_dir, tmp_path_factory):
     adam at 2 learning rates x 2 seeds (4 models) for 2 epochs with a validation split, the loop marked."""
     out = str(tmp_path_factory.mktemp("vmap-compiles"))
     code = r'''
-import compare_optimizers, mlp_mnist
+import compare_optimizers, many_models, mlp_mnist
 data, out = sys.argv[1], sys.argv[2]
-''' + MARKED_LOOP + r'''
+''' + MARKED_TRAINING + r'''
 mark("start")
 compare_optimizers.main(["--configs", "adam", "adam:lr=0.003", "--seeds", "0", "1", "--epochs", "2", "--vmap",
                          "--val-size", "100", "--data-dir", data, "--out", f"{out}/vmap"])
@@ -155,3 +163,40 @@ def test_under_vmap_everything_compiles_in_the_setup_once(vmap_counts):
     assert delta(setup, start, "many_epochs") == 1
     assert vmap_counts["run 1 epoch 1"] == setup
     assert vmap_counts["run 1 epoch 2"] == setup
+
+
+COLLECTIVES = ("all-reduce", "all-gather", "all-to-all", "collective-permute", "reduce-scatter")
+
+HLO = r'''
+import jax, jax.numpy as jnp, numpy as np
+import many_models, mnist_data, optimized_sgd
+name, count, n, batch = "adam", 4, 256, 64
+per_model, shared, padded = many_models.model_shardings(count)
+hyper = jax.device_put({k: np.full(padded, v, np.float32) for k, v in optimized_sgd.hyperparameters(name).items()},
+                       per_model)
+state = jax.jit(many_models.initial_states, static_argnums=0, out_shardings=per_model)(name, hyper, jnp.arange(padded))
+images = jax.ShapeDtypeStruct((n, 28, 28), jnp.uint8, sharding=shared)
+labels = jax.ShapeDtypeStruct((n,), jnp.uint8, sharding=shared)
+orders = jax.ShapeDtypeStruct((padded, n), jnp.int32, sharding=per_model)
+epoch = many_models.many_epochs.lower(state["params"], state["opt_state"], hyper, images, labels, orders, name=name,
+                                      batch_size=batch).compile().as_text()
+mixed = jax.jit(lambda losses: jnp.mean(losses)).lower(
+    jax.ShapeDtypeStruct((padded,), jnp.float32, sharding=per_model)).compile().as_text()
+print("DEVICES", len(jax.devices()), "SHARDED", state["params"][0][0].sharding.spec)
+print("HLO_EPOCH", [c for c in COLLECTIVES if c in epoch])
+print("HLO_MIXED", [c for c in COLLECTIVES if c in mixed])
+'''
+
+
+def test_the_sharded_vmapped_epoch_holds_no_collective():
+    """The models never exchange anything: the compiled epoch, its model axis split over 2 CPU devices, holds no
+    collective operation in its HLO text. The control: a mean over the sharded model axis compiles to one."""
+    script = f"import sys; sys.path.insert(0, {ROOT!r}); COLLECTIVES = {COLLECTIVES!r}\n" + HLO
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
+                            env=dict(os.environ, JAX_PLATFORMS="cpu",
+                                     XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DEVICES", "HLO_")))
+    assert lines["DEVICES"] == "2 SHARDED P('model',)"  # two devices, the model axis split over them
+    assert lines["HLO_EPOCH"] == "[]"
+    assert lines["HLO_MIXED"] != "[]"  # the check can see a collective when there is one

@@ -1,6 +1,6 @@
 """One contract for every script (docs/A3-errors.md): the same flags, the same exits, nothing you had is lost.
 
-Every script's main runs here, in this process, through reporting.run_script (what its __main__ runs), on
+Every script's main runs here, in this process, through exits.run_script (what its __main__ runs), on
 small fake MNIST folders:
 - a disk that is full from the first file written: exit 2, one line on stderr, no traceback;
 - Ctrl-C (KeyboardInterrupt) from the script's first jitted call: exit 130; and from a later call, after
@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+import jax
 import pytest
 
 import checkpoint
@@ -22,9 +23,10 @@ import compare_optimizers
 import mlp_mnist
 import optimizer_paths
 import predict
-import reporting
+from plumbing import cli, exits, files
 import sharpness
 import step_sizes
+import train_utils
 import tune_optimizers
 import verify_vectors
 from conftest import ROOT, run_script
@@ -65,8 +67,8 @@ def argv_of(script, fake_dir, out):
     if script == "predict.py":
         model = out.parent / "model"
         os.makedirs(model, exist_ok=True)
-        checkpoint.save(model / "model.npz", {"params": mlp_mnist.init_params(mlp_mnist.jax.random.key(0))},
-                        dict(kind="ML_in_JAX model", layer_sizes=list(mlp_mnist.LAYER_SIZES)))
+        checkpoint.save(model / "model.npz", {"params": train_utils.init_params(jax.random.key(0))},
+                        dict(kind="ML_in_JAX model", layer_sizes=list(train_utils.LAYER_SIZES)))
         return [str(model), "--data-dir", fake_dir]
     data = ["--data-dir", fake_dir, "--out", str(out)]
     return {"mlp_mnist.py": ["--epochs", "2"] + data,
@@ -132,7 +134,7 @@ def test_a_full_disk_ends_with_one_line_and_status_2(script, fake_dir, tmp_path,
     def disk_full(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reporting.tempfile, "mkstemp", disk_full)  # every file reporting writes starts here
+    monkeypatch.setattr(files.tempfile, "mkstemp", disk_full)  # every file plumbing writes starts here
     status, _, lines = run_script(MODULES[script].main, argv_of(script, fake_dir, tmp_path / "out"), capsys)
     assert status == 2 and len(lines) == 1, lines
     assert lines[0].startswith("error: cannot write") and "No space left on device" in lines[0], lines
@@ -189,7 +191,7 @@ def parsers():
 
 
 def test_a_flag_several_scripts_take_is_the_same_flag_everywhere(parsers):
-    """Same type, same default (but for reporting.OWN_DEFAULTS, each with its reason), same help, same choices."""
+    """Same type, same default (but for cli.OWN_DEFAULTS, each with its reason), same help, same choices."""
     shared = {flag for script in parsers for flag in parsers[script]
               if sum(flag in flags for flags in parsers.values()) > 1}
     assert {"--epochs", "--seed", "--seeds", "--train-subset", "--val-size", "--loader", "--vmap", "--data-dir",
@@ -201,7 +203,7 @@ def test_a_flag_several_scripts_take_is_the_same_flag_everywhere(parsers):
             action = parsers[script][flag]
             assert (type(action), action.type, action.choices, action.nargs, action.metavar) == (
                 type(first), first.type, first.choices, first.nargs, first.metavar), (flag, script)
-            if (script, flag) not in reporting.OWN_DEFAULTS and (takers[0], flag) not in reporting.OWN_DEFAULTS:
+            if (script, flag) not in cli.OWN_DEFAULTS and (takers[0], flag) not in cli.OWN_DEFAULTS:
                 assert (action.default, action.help) == (first.default, first.help), (flag, script)
 
 
@@ -210,11 +212,11 @@ def rendered_help(action):
     return action.help % dict(vars(action), prog="script")
 
 
-@pytest.mark.parametrize("script, flag", sorted(reporting.OWN_DEFAULTS))
+@pytest.mark.parametrize("script, flag", sorted(cli.OWN_DEFAULTS))
 def test_a_flag_with_its_own_default_names_that_default_and_why(script, flag, parsers):
     """sharpness.py's --train-subset is 2000, not the shared "all of them": its help must say 2000, and the reason."""
     action = parsers[script][flag]
-    shared = reporting.SHARED_FLAGS[flag]
+    shared = cli.SHARED_FLAGS[flag]
     assert action.default != shared.get("default"), (script, flag)
     assert f"(default: {action.default}" in rendered_help(action), (script, flag, rendered_help(action))
 
@@ -242,13 +244,15 @@ def test_docs_10_lists_every_exit_status():
     with open(os.path.join(ROOT, "docs", "A3-errors.md")) as f:
         table = {int(m) for m in re.findall(r"^\| (\d+) \|", f.read(), flags=re.M)}
     promised = {0}
-    for module in MODULES.values():
-        with open(module.__file__) as f:
-            for line in re.findall(r"[Ee]xit status: ([^\n\"]+)", f.read()):
-                promised |= {int(n) for n in re.findall(r"\b(\d+) (?:done|bad|the|interrupted)", line)}
+    monkeypatch = pytest.MonkeyPatch()
+    for script in MODULES:  # what --help prints (the parser's epilog), not what the file's text happens to hold
+        help_text = parser_of(script, monkeypatch).format_help()
+        lines = re.findall(r"Exit status: (.+)", " ".join(help_text.split()))
+        assert len(lines) == 1, f"{script} --help does not say its exit statuses"
+        promised |= {int(n) for n in re.findall(r"\b(\d+) (?:done|bad|the|interrupted)", lines[0])}
     assert promised == table == {0, 2, 3, 4, 130}
-    assert {reporting.EXIT_BAD_INPUT, reporting.EXIT_DIVERGED, reporting.EXIT_CHECK_FAILED,
-            reporting.EXIT_INTERRUPTED} <= table
+    assert {exits.EXIT_BAD_INPUT, exits.EXIT_DIVERGED, exits.EXIT_CHECK_FAILED,
+            exits.EXIT_INTERRUPTED} <= table
 
 
 def test_no_script_uses_assert_for_control_flow():

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 import mlp_mnist
 import mnist_data
-import reporting
+from plumbing import cli, files, plots
 from conftest import ROOT, config_for, idx_bytes, write_fake_mnist, write_file
 from mnist_data import IMAGES_MAGIC, LABELS_MAGIC, DataError
 
@@ -310,14 +310,14 @@ def test_out_is_a_file(tmp_path, capsys):
 
 def test_failed_write_keeps_the_earlier_file(tmp_path):
     path = tmp_path / "metrics.json"
-    reporting.write_json(path, {"epochs": [1, 2]})
+    files.write_json(path, {"epochs": [1, 2]})
 
     def fail_halfway(f):
         f.write(b'{"epochs": [1, 2, 3')
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        reporting._atomic_write(str(path), fail_halfway)
+        files.atomic_write(str(path), fail_halfway)
     assert json.loads(path.read_text())["epochs"] == [1, 2]
     assert os.listdir(tmp_path) == ["metrics.json"]  # no temporary file left behind
 
@@ -331,7 +331,7 @@ def test_failed_plot_keeps_the_metrics(tmp_path, capsys, monkeypatch):
     def disk_full(*args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reporting, "plot_confusion", disk_full)
+    monkeypatch.setattr(plots, "plot_confusion", disk_full)
     status, lines = run_main(capsys, "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--out", str(out))
     assert status == 2 and len(lines) == 1
     assert "No space left on device" in lines[0] and "metrics.json" in lines[0]
@@ -356,7 +356,7 @@ def test_divergence_keeps_the_completed_epochs(tmp_path, monkeypatch):
     monkeypatch.setattr(mlp_mnist, "train_step", NaNFromStep3())
     saved = []
     run = mlp_mnist.train(config_for("sgd", epochs=5), train_set, test_set,
-                          on_epoch=lambda results: saved.append(list(results[0]["records"])), log=lambda line: None)
+                          on_epoch=lambda run: saved.append(list(run["records"])), log=lambda line: None)
     assert run["status"] == "diverged in epoch 2"
     assert [r["epoch"] for r in run["records"]] == [1] and saved[-1] == run["records"]
 
@@ -369,7 +369,7 @@ def test_disk_error_while_writing_metrics(tmp_path, capsys, monkeypatch):
     def disk_full(path, obj):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(reporting, "write_json", disk_full)
+    monkeypatch.setattr(files, "write_json", disk_full)
     status, lines = run_main(capsys, "--data-dir", str(tmp_path / "data"), "--epochs", "1", "--out", str(out))
     assert status == 2 and len(lines) == 1
     assert "metrics.json" in lines[0] and "No space left on device" in lines[0]
@@ -385,7 +385,7 @@ def test_disk_error_while_writing_the_summary(tmp_path, capsys, monkeypatch):
     def no_permission(path, obj):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(reporting, "write_json", no_permission)
+    monkeypatch.setattr(files, "write_json", no_permission)
     with pytest.raises(SystemExit) as exit_info:
         compare_optimizers.main(["--configs", "sgd", "--seeds", "0", "--epochs", "1", "--data-dir",
                                  str(tmp_path / "data"), "--out", str(tmp_path / "out")])
@@ -425,21 +425,21 @@ def test_ctrl_c_during_a_runs_setup_keeps_the_completed_runs(tmp_path, capsys, m
 def test_an_out_folder_that_holds_files_is_kept(tmp_path):
     kept = tmp_path / "kept"
     kept.mkdir()
-    reporting.claim_out_dir(str(tmp_path / "made" / "deep"))
-    reporting.claim_out_dir(str(kept))  # existed, empty: accepted, and not ours to remove
+    files.claim_out_dir(str(tmp_path / "made" / "deep"))
+    files.claim_out_dir(str(kept))  # existed, empty: accepted, and not ours to remove
     (tmp_path / "made" / "deep" / "metrics.json").write_text("{}")
-    reporting.remove_unused_out_dirs()
+    files.remove_unused_out_dirs()
     assert (tmp_path / "made" / "deep" / "metrics.json").exists() and kept.exists()
 
 
 def test_the_default_out_folder_never_collides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(reporting, "RUNS_DIR", "runs")
-    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths")
+    monkeypatch.setattr(files, "RUNS_DIR", "runs")
+    assert files.default_out_dir("paths") == os.path.join("runs", "paths")
     os.makedirs("runs/paths")
-    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths")  # empty: usable
+    assert files.default_out_dir("paths") == os.path.join("runs", "paths")  # empty: usable
     open("runs/paths/paths.png", "w").close()
-    assert reporting.default_out_dir("paths") == os.path.join("runs", "paths-2")
+    assert files.default_out_dir("paths") == os.path.join("runs", "paths-2")
 
 
 # --- As a user runs it: subprocesses -------------------------------------------------
@@ -470,7 +470,7 @@ def test_subprocess_bad_file_exits_2(tmp_path):
     assert status == 2 and len(lines) == 1 and TRAIN_IMAGES in lines[0] and "truncated" in lines[0]
 
 
-@pytest.mark.parametrize("loader", reporting.LOADERS)
+@pytest.mark.parametrize("loader", cli.LOADERS)
 def test_divergence_exits_3(mnist_dir, tmp_path, capsys, loader):
     """SGD at lr 1 on the real images blows up in epoch 1: status 3, one line, metrics.json (and the log) keep
     the run's settings and say so; no plots."""

@@ -24,7 +24,9 @@ import pytest
 from conftest import ROOT, characteristic_polynomial
 
 PAGE = os.path.join(ROOT, "docs", "explorer.html")
-NAMES = ("sgd", "momentum", "nesterov", "rmsprop", "adam")
+# NAMES, the optimizers the page implements, are read from the page itself (page_names, below).
+# optimizer_paths.PANELS may draw more: each of its optimizers is on the page, or here, with the reason it is not.
+NOT_ON_THE_PAGE = {}  # name -> why docs/explorer.html does not draw it
 PANEL_NAMES = ("quadratic", "rotated", "rosenbrock")
 JS_FUNCTIONS = {"quadratic": "E.quadratic(20, 0)", "rotated": "E.quadratic(20, 45)", "rosenbrock": "E.rosenbrock()"}
 TOLERANCE = 1e-12  # |js - python| <= TOLERANCE * (the path's largest |coordinate|), at every step
@@ -79,6 +81,23 @@ def node(program, data=None, core=None):
     return json.loads(done.stdout)
 
 
+def page_names():
+    """The optimizers the page implements: the keys of its table of update rules, OPTIMIZERS in the core block,
+    read in Node. () where there is no node (the tests that need it skip, or fail under CI=true, in node())."""
+    if shutil.which("node") is None:
+        return ()
+    return tuple(node("RESULT = Object.keys(E.OPTIMIZERS);"))
+
+
+NAMES = page_names()
+
+
+def names_or_skip():
+    if not NAMES:
+        skip_or_fail(f"node not found: {INSTALL_NODE}")
+    return NAMES
+
+
 JS_PATHS = """
 RESULT = {};
 for (const job of DATA) {
@@ -89,10 +108,12 @@ for (const job of DATA) {
 
 
 def path_jobs():
+    """The page's optimizers on the three panels, at optimizer_paths.PANELS' settings."""
     import optimizer_paths
-    return [dict(name=name, panel=panel, fn=JS_FUNCTIONS[panel], settings=settings,
-                 start=list(optimizer_paths.PANELS[panel]["start"]), steps=optimizer_paths.PANELS[panel]["steps"])
-            for panel in PANEL_NAMES for name, settings in optimizer_paths.PANELS[panel]["settings"].items()]
+    panels = optimizer_paths.PANELS
+    return [dict(name=name, panel=panel, fn=JS_FUNCTIONS[panel], settings=panels[panel]["settings"][name],
+                 start=list(panels[panel]["start"]), steps=panels[panel]["steps"])
+            for panel in PANEL_NAMES for name in names_or_skip()]
 
 
 def js_paths(core=None):
@@ -111,27 +132,34 @@ STRICT_RUN = """
 import json, sys
 sys.path.insert(0, {root!r})
 import optimizer_paths
-print(json.dumps({{f"{{name}} {{panel}}": [list(map(float, a)) for a in optimizer_paths.run(name, s, p["f"], p["start"], p["steps"])[:2]]
-                  for panel, p in optimizer_paths.PANELS.items() for name, s in p["settings"].items()}}))
+paths = {{}}
+for panel, p in optimizer_paths.PANELS.items():
+    for name in {names!r}:
+        xs, ys, _ = optimizer_paths.run(name, p["settings"][name], p["f"], p["start"], p["steps"])
+        paths[f"{{name}} {{panel}}"] = [list(map(float, xs)), list(map(float, ys))]
+print(json.dumps(paths))
 """
 STRICT_MACHINE = platform.machine().lower() in ("x86_64", "amd64")
 _strict_run = {}  # the Python without FMA, started once, early, so that it runs while this one works
 
 
 def start_strict_run():
-    if STRICT_MACHINE and "process" not in _strict_run:
+    if STRICT_MACHINE and NAMES and "process" not in _strict_run:
         _strict_run["process"] = subprocess.Popen(
-            [sys.executable, "-c", STRICT_RUN.format(root=ROOT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, cwd=ROOT, env=dict(os.environ, XLA_FLAGS=STRICT_XLA_FLAGS, JAX_PLATFORMS="cpu"))
+            [sys.executable, "-c", STRICT_RUN.format(root=ROOT, names=list(NAMES))], stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE, text=True, cwd=ROOT,
+            env=dict(os.environ, XLA_FLAGS=STRICT_XLA_FLAGS, JAX_PLATFORMS="cpu"))
 
 
 @pytest.fixture(scope="module")
 def python_paths():
-    """{(name, panel): (xs, ys, f values)}: optimizer_paths.run, as the repository runs it (XLA's default build)."""
+    """{(name, panel): (xs, ys, f values)}: optimizer_paths.run, as the repository runs it (XLA's default build), for
+    the page's optimizers."""
+    names = names_or_skip()
     start_strict_run()
     import optimizer_paths
-    yield {(name, panel): optimizer_paths.run(name, settings, p["f"], p["start"], p["steps"])
-           for panel, p in optimizer_paths.PANELS.items() for name, settings in p["settings"].items()}
+    yield {(name, panel): optimizer_paths.run(name, p["settings"][name], p["f"], p["start"], p["steps"])
+           for panel, p in optimizer_paths.PANELS.items() for name in names}
     process = _strict_run.pop("process", None)
     if process is not None and process.poll() is None:  # started, and no test read it: stop it
         process.kill()
@@ -143,6 +171,7 @@ def strict_python_paths():
     """The same runs of optimizer_paths.run, in a Python whose XLA fuses no multiply-add and reassociates nothing."""
     if not STRICT_MACHINE:
         pytest.skip("XLA's flag that turns fused multiply-adds off (--xla_cpu_max_isa) is x86-64's")
+    names_or_skip()
     start_strict_run()
     out, err = _strict_run["process"].communicate(timeout=180)
     assert _strict_run["process"].returncode == 0, err[-3000:]
@@ -161,7 +190,7 @@ def relative_differences(a, b):
     return np.where(np.isnan(differences), np.inf, differences)  # a path that is NaN where the other is not: far off
 
 
-PAIRS = [(name, panel) for panel in PANEL_NAMES for name in NAMES]
+PAIRS = [(name, panel) for panel in PANEL_NAMES for name in NAMES] or [("node", "missing")]  # (then js skips)
 
 
 def test_the_page_stands_alone():
@@ -204,9 +233,34 @@ def test_js_path_equals_python_compiled_without_fma(js, strict_python_paths, nam
     assert differences.max() <= TOLERANCE, np.flatnonzero(differences > TOLERANCE)[:5]
 
 
+def test_the_pages_optimizers_are_pythons():
+    """The page's optimizers (the keys of its OPTIMIZERS, which NAMES holds) are optimizers of the Python registry
+    (optimized_sgd.OPTIMIZERS), with the same hyperparameters, and every panel of optimizer_paths.PANELS has settings
+    for each: a page optimizer that Python lacks fails here. The other way round, every optimizer that
+    optimizer_paths.PANELS draws is on the page, or in NOT_ON_THE_PAGE with the reason it is not; an optimizer of the
+    registry that draws no paths is none of the page's business."""
+    import optimized_sgd
+    import optimizer_paths
+    names = names_or_skip()
+    page = node("RESULT = { names: E.NAMES, takes: Object.fromEntries(Object.entries(E.OPTIMIZERS).map("
+                "([name, [, takes]]) => [name, takes])) };")
+    assert len(set(names)) == len(names) and page["names"] == list(names)  # E.NAMES, which the page's UI loops over
+    assert not set(NOT_ON_THE_PAGE) & set(names), "NOT_ON_THE_PAGE names an optimizer the page has"
+    for name in names:
+        assert name in optimized_sgd.OPTIMIZERS, f"the page's {name!r} is not in optimized_sgd.OPTIMIZERS"
+        assert set(page["takes"][name]) == set(optimized_sgd.hyperparameters(name)) - {"lr"}, name
+    for panel, p in optimizer_paths.PANELS.items():
+        lacking = [name for name in names if name not in p["settings"]]
+        assert not lacking, f"the page draws {lacking}, for which optimizer_paths.PANELS[{panel!r}] has no settings"
+        undrawn = [name for name in p["settings"] if name not in names and name not in NOT_ON_THE_PAGE]
+        assert not undrawn, (f"optimizer_paths.PANELS[{panel!r}] draws {undrawn}, which docs/explorer.html does "
+                             f"not implement: port it to the page's OPTIMIZERS, or add it to NOT_ON_THE_PAGE with why")
+
+
 def test_the_functions_and_settings_are_optimizer_paths(python_paths):
-    """The page's PANELS are optimizer_paths.PANELS (settings, steps, starts, the rotated start to the bit), and its
-    f and gradients are JAX's: equal to the bit, at 50 random points, to JAX run op by op (eagerly)."""
+    """The page's PANELS are optimizer_paths.PANELS (settings of the page's optimizers, steps, starts, the rotated
+    start to the bit), and its f and gradients are JAX's: equal to the bit, at 50 random points, to JAX run op by op
+    (eagerly)."""
     import jax
     import optimizer_paths
     rng = np.random.default_rng(0)
@@ -218,7 +272,8 @@ def test_the_functions_and_settings_are_optimizer_paths(python_paths):
         const fn = eval(text); RESULT.values[panel] = DATA.points.map((p) => [fn.f(p), ...fn.grad(p)]);
       }""", dict(points=points, functions=JS_FUNCTIONS))
     for panel, p in optimizer_paths.PANELS.items():
-        assert got["panels"][panel] == dict(start=list(p["start"]), steps=p["steps"], settings=p["settings"])
+        settings = {name: p["settings"][name] for name in NAMES}  # (test_the_pages_optimizers_are_pythons: all there)
+        assert got["panels"][panel] == dict(start=list(p["start"]), steps=p["steps"], settings=settings)
     with jax.enable_x64(True):
         for panel in PANEL_NAMES:
             f = optimizer_paths.PANELS[panel]["f"]
@@ -294,6 +349,33 @@ def test_stability_limits_and_critical_damping():
     for at_limit, past_it, kinds in got:
         assert at_limit == pytest.approx(1, rel=1e-9) and past_it > 1
         assert set(kinds) == {"double"}
+
+
+def critical_mu(name, lr, h):
+    """The mu at which the two roots at curvature h meet: the heavy ball's (1 + mu - lr h)² = 4 mu at
+    mu = (1 - sqrt(lr h))²; Nesterov's (1 + mu)² (1 - lr h) = 4 mu at mu = (1 - sqrt(lr h)) / (1 + sqrt(lr h))."""
+    r = math.sqrt(lr * h)
+    return (1 - r) / (1 + r) if name == "nesterov" else (1 - r) ** 2
+
+
+def relative_discriminant(name, lr, mu, h):
+    _, b, c = characteristic_polynomial(name, lr, mu, h)
+    return (b * b - 4 * c) / (b * b + 4 * abs(c))
+
+
+def test_critical_mu_makes_a_double_root():
+    """E.criticalMu (the "critical damping" button's mu) equals the formula to 1e-12, and there the discriminant is
+    0 to 1e-13 of its terms (the page calls a root double within 1e-12), while 1e-6 away in mu, where the
+    discriminant is 1e-10 to 2e-4 of its terms, the page sees two real roots below and a complex pair above."""
+    cases = [(name, lr, h) for name in ("momentum", "nesterov") for lr in (1e-4, 0.003, 0.1, 0.4, 0.9)
+             for h in (0.0004, 0.04, 0.2, 1.0)]
+    got = node("""RESULT = DATA.map(([name, lr, h]) => { const mu = E.criticalMu(name, lr, h);
+        return [mu, ...[0, -1e-6, 1e-6].map((d) => E.rootKind(E.characteristicPolynomial(name, lr, mu + d, h)))];
+      });""", cases)
+    for (name, lr, h), (mu, at, below, above) in zip(cases, got):
+        assert mu == pytest.approx(critical_mu(name, lr, h), abs=1e-12), (name, lr, h)
+        assert abs(relative_discriminant(name, lr, mu, h)) < 1e-13, (name, lr, h, mu)
+        assert (at, below, above) == ("double", "real", "complex"), (name, lr, h, mu)
 
 
 def test_measured_rates_equal_rates_json():
@@ -445,6 +527,67 @@ def check_momentum_numbers(driver, m=0.2, L=4.0):
         moduli = [float(text(driver, f"root-{tag}-{k}")) for k in (1, 2)]
         assert moduli == [shown(v, 4) for v in expected["moduli"][h]], (h, moduli)
     return settings, expected
+
+
+def roots_shown(driver, tag):
+    return [text(driver, f"root-{tag}-{k}") for k in (1, 2)]
+
+
+def test_the_critical_damping_button(browser):
+    """The button "critical damping at h = m" sets the mu of the method in views 3 and 4 (at its lr, for this κ) to
+    where its roots at h = m meet: the heavy ball's (1 - sqrt(lr m))², Nesterov's (1 - sqrt(lr m)) / (1 + sqrt(lr m)),
+    to 1e-12, beyond the mu slider's reach (a pixel is about 0.007 of mu). The text then says "double root" and both
+    roots are shown at sqrt(mu) (heavy ball; Nesterov: sqrt(mu (1 - lr m))); the slider and a redraw keep that mu; mu
+    moved by 1e-6 either way gives two real roots or a complex pair. Where no mu in [0, 0.999] makes them meet, the
+    button is off."""
+    driver = browser
+    assert driver.execute_script("return Object.keys(Explorer.OPTIMIZERS);") == list(names_or_skip())
+    click(driver, "#reset-quadratic")
+    click(driver, "input[name=edit][value=momentum]")
+    assert "h = m" in text(driver, "critical-damping") and "h = m" in driver.find_element(
+        "id", "critical-damping").get_attribute("title")
+    for name, kappa, lr in (("momentum", 20, 0.4), ("momentum", 100, 0.3), ("momentum", 1000, 0.01),
+                            ("nesterov", 20, 0.3), ("nesterov", 1000, 0.002)):
+        click(driver, f"input[name=method][value={name}]")  # (the sliders now edit it too)
+        move_slider(driver, "kappa", math.log10(kappa))
+        move_slider(driver, "lr", math.log10(lr))
+        move_slider(driver, "mu", 0.95)
+        assert text(driver, "roots-kind-m") != "a double root: critical damping"
+        click(driver, "#critical-damping")
+        settings = page_settings(driver, name)
+        m = 4 / kappa
+        assert driver.execute_script("return Explorer.quadratic(explorer.state.kappa, 0).curvatures[0]") == m
+        assert settings["lr"] == pytest.approx(lr, rel=1e-13)
+        mu = settings["mu"]
+        assert mu == pytest.approx(critical_mu(name, settings["lr"], m), abs=1e-12, rel=0), (name, kappa, lr)
+        assert abs(relative_discriminant(name, settings["lr"], mu, m)) < 1e-13
+        assert "double root" in text(driver, "roots-kind-m"), (name, kappa, lr, text(driver, "roots-kind-m"))
+        assert f"{mu:.6f}" in text(driver, "critical-text")
+        double = math.sqrt(mu) if name == "momentum" else math.sqrt(mu * (1 - settings["lr"] * m))
+        assert roots_shown(driver, "m") == [f"{double:.4f}"] * 2, (name, kappa, lr)
+        roots = np.roots(characteristic_polynomial(name, settings["lr"], mu, m))
+        assert np.allclose(roots, double, rtol=0, atol=1e-7)  # (np.roots at a double root: sqrt(eps))
+        # The slider and its value shown do not round it away: a redraw, or another control, leaves it as it was.
+        assert float(driver.find_element("id", "mu").get_attribute("value")) == pytest.approx(mu, abs=1e-14)
+        click(driver, "#show-adam")
+        click(driver, "#show-adam")
+        assert page_settings(driver, name)["mu"] == mu and driver.execute_script("return explorer.state.edit") == name
+        # ... and off it, however little, it is no double root.
+        for step, kind in ((1e-6, "a complex pair"), (-1e-6, "two real roots"), (0.0072, "a complex pair"),
+                           (-0.0072, "two real roots")):
+            move_slider(driver, "mu", mu + step)
+            assert "double root" not in text(driver, "roots-kind-m") and text(driver, "roots-kind-m").startswith(kind)
+    # Off: no mu in [0, 0.999] gives Nesterov a double root at h = m once lr m > 1, nor the heavy ball at lr m < 2.5e-7.
+    for name, kappa, lr in (("nesterov", 1, 0.3), ("momentum", 20, 1e-6)):
+        click(driver, f"input[name=method][value={name}]")
+        move_slider(driver, "kappa", math.log10(kappa))
+        move_slider(driver, "lr", math.log10(lr))
+        button = driver.find_element("id", "critical-damping")
+        assert not button.is_enabled() and "no mu" in text(driver, "critical-text")
+        assert not 0 <= critical_mu(name, page_settings(driver, name)["lr"], 4 / kappa) <= 0.999
+    move_slider(driver, "lr", math.log10(0.4))
+    assert driver.find_element("id", "critical-damping").is_enabled()
+    assert severe_logs(driver) == []
 
 
 def test_the_page_in_a_browser(browser, python_paths, tmp_path):
@@ -614,14 +757,14 @@ def test_the_page_in_a_browser(browser, python_paths, tmp_path):
     if os.environ.get("EXPLORER_SCREENSHOT"):  # a result: it records where it comes from, as every file in results/
         import hashlib
 
-        import reporting
+        from plumbing import plots, provenance
 
-        reporting.record_command(__file__, [])
-        reporting._run["command"] = (f"EXPLORER_SCREENSHOT={os.environ['EXPLORER_SCREENSHOT']} python -m pytest "
-                                     f"tests/test_explorer.py -k browser")
+        provenance.record_command(__file__, [])
+        provenance._run["command"] = (f"EXPLORER_SCREENSHOT={os.environ['EXPLORER_SCREENSHOT']} python -m pytest "
+                                      f"tests/test_explorer.py -k browser")
         with open(PAGE, "rb") as f:
             page = hashlib.sha256(f.read()).hexdigest()[:16]
-        reporting.stamp_png(screenshot, page=f"docs/explorer.html at {page}",
-                            browser=driver.capabilities.get("browserVersion"))
+        plots.stamp_png(screenshot, page=f"docs/explorer.html at {page}",
+                        browser=driver.capabilities.get("browserVersion"))
     print(f"screenshot: {screenshot}")
     assert severe_logs(driver) == []

@@ -101,8 +101,13 @@ def test_predict_is_written_for_one_image_and_vmapped_for_a_batch():
     assert not np.allclose(one_by_one[0], one_by_one[1])  # different images, different answers
 
 
-def test_predicted_class_is_argmax():
+def test_predicted_class_is_argmax_of_probabilities_that_sum_to_one():
+    """The argmax alone cannot tell log-probabilities from logits (log-softmax keeps the order): the
+    log-probabilities it is taken of must also be jax.nn.log_softmax's, their exponentials summing to 1."""
     params = init_params(jax.random.key(5))
     inputs, _ = random_batch(jax.random.key(6))
-    np.testing.assert_array_equal(predicted_class(params, inputs),
-                                  np.argmax(reference_logits(params, inputs), axis=1))
+    logits = reference_logits(params, inputs)
+    np.testing.assert_array_equal(predicted_class(params, inputs), np.argmax(logits, axis=1))
+    log_probabilities = batched_predict(params, inputs)
+    np.testing.assert_allclose(np.exp(log_probabilities).sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_allclose(log_probabilities, jax.nn.log_softmax(logits), rtol=1e-5, atol=1e-5)

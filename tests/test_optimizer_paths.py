@@ -117,7 +117,7 @@ def test_repository_nesterov_is_nesterovs_method(kappa, setting):
 
 
 @pytest.mark.parametrize("key", ["quadratic", "rotated"])
-@pytest.mark.parametrize("name", sorted(optimizer_paths.QUADRATIC_SETTINGS))
+@pytest.mark.parametrize("name", sorted(optimizer_paths.PANELS["quadratic"]["settings"]))
 def test_every_optimizer_decreases_f_on_the_quadratic(panels, key, name):
     values = panels[key]["runs"][name]["f"]
     assert values[-1] < 1e-2 * values[0] and values.min() < 1e-3

@@ -14,76 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import HYPER, LR, optax_reference, takes
-import mlp_mnist
+from conftest import (HYPER, LR, assert_same_trajectory, make_loss, optax_reference, optax_trajectory,
+                      our_trajectory, random_params, takes)
 from optimized_sgd import OPTIMIZERS, UnknownHyperparameter, hyperparameters, make_optimizer
-
-STEPS = 60
-RTOL, ATOL = 2e-5, 2e-6  # float32: params are O(1) and each step moves them by <= ~lr
-LEAF_GRAD_SCALES = (1.0, 1e-3, 1e-8)  # the last one is on the order of eps
-
-
-def random_params(seed=0):
-    """A model-shaped pytree: [(w (5, 4), b (4,)), (w (4, 3), b (3,)), (w (3, 2), b (2,))]."""
-    keys = jax.random.split(jax.random.key(seed), 6)
-    shapes = [(5, 4), (4,), (4, 3), (3,), (3, 2), (2,)]
-    leaves = [jax.random.normal(k, s) for k, s in zip(keys, shapes)]
-    return [(leaves[0], leaves[1]), (leaves[2], leaves[3]), (leaves[4], leaves[5])]
-
-
-def make_loss(params, seed=1):
-    """loss(point, step) -> a number whose gradient depends on the point and on the step.
-
-    Elementwise, layer i's loss is LEAF_GRAD_SCALES[i] * (p^2 / 2 - cos(3 p) / 3 + noise_step * p),
-    so its gradient is LEAF_GRAD_SCALES[i] * (p + sin(3 p) + noise_step).
-    """
-    leaves = jax.tree.leaves(params)
-    noise_keys = jax.random.split(jax.random.key(seed), len(leaves))
-    noises = [jax.random.normal(k, (STEPS,) + leaf.shape) for k, leaf in zip(noise_keys, leaves)]
-    scales = [LEAF_GRAD_SCALES[i // 2] for i in range(len(leaves))]  # (w, b) of a layer share one
-
-    def loss(point, step):
-        return sum(jnp.sum(s * (p ** 2 / 2 - jnp.cos(3 * p) / 3 + n[step] * p))
-                   for s, p, n in zip(scales, jax.tree.leaves(point), noises))
-
-    return loss
-
-
-def our_trajectory(name, params, loss, hyper_as=float):
-    """The points where our optimizer takes its gradients, after each of STEPS steps of mlp_mnist.step, the
-    step mlp_mnist.py trains with. hyper_as: how the hyperparameters are passed (float, or jnp.float32 arrays
-    to a jitted step, as mlp_mnist.train_step takes them)."""
-    hyper = {key: hyper_as(value) for key, value in dict(lr=LR, **takes(name)).items()}
-    one_step = jax.jit(lambda params, state, hyper, t: mlp_mnist.step(make_optimizer(name, **hyper), loss, params, state,
-                                                                       t))
-    opt = make_optimizer(name, **hyper)
-    state = opt.init(params)
-    points = []
-    for t in range(STEPS):
-        params, state, _ = one_step(params, state, hyper, t)
-        points.append(opt.grad_point(params, state))
-    return points
-
-
-def optax_trajectory(tx, params, loss):
-    state = tx.init(params)
-    points = []
-
-    @jax.jit
-    def step_fn(params, state, step):
-        updates, state = tx.update(jax.grad(loss)(params, step), state, params)
-        return optax.apply_updates(params, updates), state
-
-    for step in range(STEPS):
-        params, state = step_fn(params, state, step)
-        points.append(params)
-    return points
-
-
-def assert_same_trajectory(ours, reference):
-    for step, (a, b) in enumerate(zip(ours, reference), start=1):
-        for leaf_a, leaf_b in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-            np.testing.assert_allclose(leaf_a, leaf_b, rtol=RTOL, atol=ATOL, err_msg=f"step {step}")
 
 
 @pytest.mark.parametrize("name", sorted(OPTIMIZERS))
@@ -115,17 +48,41 @@ def test_hyperparameters_fill_in_defaults_and_refuse_what_an_optimizer_does_not_
         make_optimizer("sgd", 0.1, mu=0.9)  # the factory itself refuses, too
 
 
-@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
-def test_update_is_jittable_and_keeps_structure(name):
+# Our state, as optax keeps it: (our leaves, optax's leaves) that must be equal, for the same gradients fed to both.
+# optax's momentum trace is v / lr (ours has lr inside the velocity, docs/02); RMSProp's nu and Adam's count,
+# mu, nu are ours as they are.
+STATE_AS_OPTAX = {
+    "sgd": lambda ours, theirs: [],  # no state on either side
+    "momentum": lambda ours, theirs: [(ours.velocity, jax.tree.map(lambda t: LR * t, theirs[0].trace))],
+    "nesterov": lambda ours, theirs: [(ours.velocity, jax.tree.map(lambda t: LR * t, theirs[0].trace))],
+    "rmsprop": lambda ours, theirs: [(ours.mean_square, theirs[0].nu)],
+    "adam": lambda ours, theirs: [(ours.step, theirs[0].count), (ours.mean, theirs[0].mu),
+                                  (ours.mean_square, theirs[0].nu)],
+}
+
+
+@pytest.mark.parametrize("name", sorted(STATE_AS_OPTAX))
+def test_jitted_update_keeps_structure_and_its_state_is_optax_state(name):
+    """Three jitted updates with the same gradients fed to ours and to optax: the same structure, and the state's
+    values are optax's state (so a wrong v, s, m or step count fails here, not only somewhere down a trajectory).
+    An optimizer of the registry without an entry in STATE_AS_OPTAX is checked by its trajectories only."""
+    assert set(STATE_AS_OPTAX) <= set(OPTIMIZERS)
     params = random_params()
-    opt = make_optimizer(name, LR, **takes(name))
-    state = opt.init(params)
-    grads = jax.tree.map(jnp.ones_like, params)
-    new_params, new_state = jax.jit(opt.update)(grads, state, params)
-    assert jax.tree.structure(new_params) == jax.tree.structure(params)
-    assert jax.tree.structure(new_state) == jax.tree.structure(state)
-    for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new_params)):
-        assert p.shape == q.shape and p.dtype == q.dtype
+    opt, tx = make_optimizer(name, LR, **takes(name)), optax_reference(name)
+    state, reference_state, update = opt.init(params), tx.init(params), jax.jit(opt.update)
+    for grads in [jax.tree.map(lambda p: jnp.sin(3 * p + t), params) for t in range(3)]:  # no zeros, differ per step
+        new_params, state = update(grads, state, params)
+        _, reference_state = tx.update(grads, reference_state, params)
+        assert jax.tree.structure(new_params) == jax.tree.structure(params)
+        for p, q in zip(jax.tree.leaves(params), jax.tree.leaves(new_params)):
+            assert p.shape == q.shape and p.dtype == q.dtype
+        params = new_params
+    assert jax.tree.structure(state) == jax.tree.structure(opt.init(params))
+    pairs = STATE_AS_OPTAX[name](state, reference_state)
+    assert len(jax.tree.leaves(pairs)) == len(jax.tree.leaves(state)) * 2  # every leaf of our state is compared
+    for ours, theirs in pairs:
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(theirs), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
 
 def adam_without_bias_correction(lr, b1, b2, eps):

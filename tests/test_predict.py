@@ -88,6 +88,21 @@ def test_the_shipped_digits(trained_run, capsys):
         assert len(percents) == 10 and abs(sum(percents) - 100) < 1
 
 
+def test_the_printed_probabilities_are_the_softmax_of_the_logits():
+    """predict.probabilities (what predict.py prints) against jax.nn.softmax of the logits, on an untrained model
+    (no MNIST needed): each row sums to 1, and the most likely digit is the one predicted."""
+    params = init_params(jax.random.key(0))
+    images = np.random.default_rng(0).integers(0, 256, (8, 28, 28), dtype=np.uint8)
+    h = images.reshape(8, -1).astype(np.float32)
+    for w, b in params[:-1]:
+        h = jax.nn.relu(h @ w + b)
+    logits = h @ params[-1][0] + params[-1][1]
+    probs = predict.probabilities(params, images)
+    np.testing.assert_allclose(probs, jax.nn.softmax(logits), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(probs.sum(axis=1), 1, rtol=1e-5)
+    np.testing.assert_array_equal(np.argmax(probs, axis=1), mlp_mnist.predicted_digits(params, images))
+
+
 def test_the_shipped_digits_are_mnist_test_images_0_and_1(mnist_dir):
     """7.png is test image 0 as it is; converting 2-large.png gives back (nearly) test image 1."""
     _, _, test_set = mnist_data.load_mnist(mnist_dir)

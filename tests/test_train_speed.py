@@ -10,6 +10,7 @@ from conftest import ROOT
 
 sys.path.insert(0, os.path.join(ROOT, "benchmarks"))
 import train_speed  # noqa: E402
+from plumbing import stats  # noqa: E402
 
 
 def test_matmul_shapes_and_flops_of_a_step():
@@ -25,7 +26,7 @@ def test_matmul_shapes_and_flops_of_a_step():
 
 
 class FakeClock:
-    """time.perf_counter for train_speed and reporting: each reading is `tick` seconds after the last."""
+    """time.perf_counter for train_speed and plumbing.stats: each reading is `tick` seconds after the last."""
 
     def __init__(self, tick):
         self.now, self.tick = 0.0, tick
@@ -43,7 +44,7 @@ def test_matmul_rate_is_its_flops_over_the_time_per_product(monkeypatch, m, k, n
     tick, count = 2.0 ** -10, 8  # powers of two: seconds / 5 / tick is exactly 8
     clock = FakeClock(tick)
     monkeypatch.setattr(train_speed, "time", clock)
-    monkeypatch.setattr(train_speed.reporting, "time", clock)
+    monkeypatch.setattr(stats, "time", clock)
     rate = train_speed.matmul_rate(m, k, n, seconds=5 * count * tick)
     assert rate == pytest.approx(2 * m * k * n * count / tick, rel=1e-12)
 

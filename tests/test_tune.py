@@ -9,7 +9,8 @@ import pytest
 
 import mlp_mnist
 import tune_optimizers
-from conftest import run_script, write_fake_mnist
+from plumbing import stats
+from conftest import coloured_fraction, run_script, write_fake_mnist
 
 
 def run(status, val_accuracies, test_accuracies=None):
@@ -85,7 +86,7 @@ def test_the_report_worked_by_hand():
     assert difference["mean"] == pytest.approx(-0.05 / 3)
     assert difference["low"] == pytest.approx(-0.031010, abs=1e-6) and difference["high"] == pytest.approx(
         -0.002324, abs=1e-6)
-    assert tune_optimizers.reporting.verdict(difference) == "lower: -1.67 [-3.10, -0.23]"
+    assert stats.verdict(difference) == "lower: -1.67 [-3.10, -0.23]"
 
 
 class ArgsWithDefaults(Args):
@@ -95,9 +96,9 @@ class ArgsWithDefaults(Args):
 @pytest.fixture(scope="module")
 def tiny_study(tmp_path_factory):
     """SGD and Adam, three learning rates (the largest diverges), Adam's eps twice, two selection seeds, two
-    report seeds, two epochs."""
+    report seeds, two epochs, on learnable images (conftest.learnable_images): 200 to train on, so four steps."""
     folder = tmp_path_factory.mktemp("tune")
-    write_fake_mnist(folder / "data", n_train=300, n_test=50)
+    write_fake_mnist(folder / "data", n_train=300, n_test=50, learnable=True)  # accuracies that differ for a reason
     argv = ["--optimizers", "sgd", "adam", "--lrs", "0.001", "0.01", "3000", "--adam-eps", "1e-8", "0.01",
             "--seeds", "0", "1", "--report-seeds", "5", "6", "--epochs", "2", "--val-size", "100", "--vmap",
             "--data-dir", str(folder / "data")]
@@ -113,9 +114,15 @@ def test_tiny_study_selects_on_validation_and_tests_only_the_selected(tiny_study
     assert len(summary["runs"]) == 2 * 3 * 2 + 2 * 3  # adam's eps = 1e-8 runs serve both adam entries
     for r in summary["runs"]:  # the selection never evaluated the test set
         assert r["config"]["val_size"] == 100 and all(e["test_accuracy"] is None for e in r["records"])
-    for label, rows in summary["grid"].items():
-        best = max(rows, key=lambda row: row["val_accuracy_mean"])
-        assert summary["selected"][label]["lr"] == best["lr"]
+    # The answers known beforehand, not select() worked again: in four steps SGD at lr 0.001 barely leaves chance
+    # (measured: 0.15 and 0.12) and 3000 diverges, so 0.01 (0.73, 0.76) wins, bracketed; Adam at 0.01 overshoots
+    # (0.14, 0.22) while 0.001 learns (0.91, 1.0). The lr x eps grid holds Adam's, so its best is at least Adam's.
+    assert {label: chosen["lr"] for label, chosen in summary["selected"].items()} == {
+        "sgd": 0.01, "adam": 0.001, tune_optimizers.INCLUSION: 0.001}
+    assert summary["selected"]["sgd"]["bracketed"] and not summary["selected"]["adam"]["bracketed"]
+    assert summary["selected"]["sgd"]["val_accuracy_mean"] < 0.9 < summary["selected"]["adam"]["val_accuracy_mean"]
+    assert (summary["selected"][tune_optimizers.INCLUSION]["val_accuracy_mean"]
+            >= summary["selected"]["adam"]["val_accuracy_mean"])
     diverged = next(row for row in summary["grid"]["sgd"] if row["lr"] == 3000)
     assert all(s.startswith("diverged") for s in diverged["statuses"]) and diverged["val_accuracies"] == [0.1, 0.1]
     def report_runs(label):
@@ -132,8 +139,9 @@ def test_tiny_study_selects_on_validation_and_tests_only_the_selected(tiny_study
         assert sorted(r["config"]["seed"] for r in runs) == [5, 6]
         assert summary["report"][label]["test_accuracy_mean"] == pytest.approx(mean_of(runs, "test_accuracy"))
     report_val = {label: mean_of(report_runs(label), "val_accuracy") for label in summary["selected"]}
-    assert summary["winner"] == max(report_val, key=report_val.get)  # on the report seeds, not the selection
-    assert (folder / "out" / "sensitivity.png").stat().st_size > 10_000
+    assert summary["winner"] != "sgd" and report_val["sgd"] < 0.95 <= report_val[summary["winner"]]  # Adam learns
+    # in four steps what SGD does not; the winner is chosen on the report seeds (test_the_report_worked_by_hand)
+    assert coloured_fraction(folder / "out" / "sensitivity.png") > 0.005  # lines and bands: 0.015; axes and text: 0
     assert "| sgd | 3 |" in (folder / "out" / "summary.md").read_text()
 
 
@@ -174,15 +182,14 @@ def test_ctrl_c_in_the_second_optimizer_keeps_the_first(tmp_path, capsys, monkey
     """Interrupted while Adam trains: exit 130, and the files hold SGD's finished selection (no crash on the
     unfinished runs' missing accuracies)."""
     write_fake_mnist(tmp_path / "data")
-    real_loop = mlp_mnist.loop
+    real_epoch = mlp_mnist.torch_epoch
 
-    def loop(setup, *args, **kwargs):
-        models = setup()
-        if models.hyper.keys() >= {"beta1"}:
-            raise KeyboardInterrupt
-        return real_loop(lambda: models, *args, **kwargs)
+    def torch_epoch(params, opt_state, hyper, epoch, loader, name):
+        if name == "adam":
+            raise KeyboardInterrupt  # in Adam's first epoch: inside mlp_mnist.train, as Ctrl-C would land
+        return real_epoch(params, opt_state, hyper, epoch, loader, name)
 
-    monkeypatch.setattr(mlp_mnist, "loop", loop)
+    monkeypatch.setattr(mlp_mnist, "torch_epoch", torch_epoch)
     status, _, lines = run_script(tune_optimizers.main, [
         "--optimizers", "sgd", "adam", "--lrs", "0.01", "0.1", "--seeds", "0", "--epochs", "1", "--val-size", "100",
         "--data-dir", str(tmp_path / "data"), "--out", str(tmp_path / "out")], capsys)

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import reporting
+from plumbing import exits, files
 import verify_vectors
 from conftest import ROOT
 from verify_vectors import CONFIGURATIONS, Configuration, jax_call, numpy_call
@@ -134,8 +134,8 @@ def test_correctness_gate_stops_a_wrong_configuration(monkeypatch, capsys, tmp_p
                                                            "deliberately wrong": wrong})
     with pytest.raises(SystemExit) as exit_info:
         verify_vectors.main(["--sizes", "1000", "--seconds-per-config", "0.01", "--out", str(tmp_path / "run")])
-    reporting.remove_unused_out_dirs()
-    assert exit_info.value.code == reporting.EXIT_CHECK_FAILED == 4
+    files.remove_unused_out_dirs()
+    assert exit_info.value.code == exits.EXIT_CHECK_FAILED == 4
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "deliberately wrong" in err[0] and "NumPy gives" in err[0]
     assert not (tmp_path / "run").exists(), "a failed run writes nothing"
@@ -177,7 +177,7 @@ def test_an_out_that_holds_files_is_refused_before_any_timing(tmp_path, capsys, 
 
 def test_default_out_is_a_fresh_runs_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(reporting, "RUNS_DIR", "runs")
+    monkeypatch.setattr(files, "RUNS_DIR", "runs")
     monkeypatch.setattr(verify_vectors, "CONFIGURATIONS", {"numpy x * x": CONFIGURATIONS["numpy x * x"]})
     for _ in range(2):
         verify_vectors.main(["--sizes", "100", "--seconds-per-config", "0.001"])
