@@ -1,9 +1,7 @@
 """docs/debugging.py, the demos of docs/09-when-it-goes-wrong.md: each runs as a learner runs it, on synthetic
 data, ends with status 0 and prints the line the chapter tells the learner to look for; every line of output
 the chapter shows is in the demo's real output (on the CPU), and what its "Try this" says is checked."""
-import contextlib
 import importlib.util
-import io
 import os
 import re
 import subprocess
@@ -101,17 +99,24 @@ def load_demo_module():
     return module
 
 
+TRY_LOG_SOFTMAX = r"""
+import importlib.util, sys
+spec = importlib.util.spec_from_file_location("debugging_demo", sys.argv[1])
+demo = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(demo)
+demo.textbook_loss = demo.stable_loss  # the "Try this" edit
+demo.nans(None)
+"""
+
+
 def test_try_this_log_softmax_finds_its_nan_at_step_5_in_sub():
-    """The first "Try this": textbook_loss with log_softmax (stable_loss) -> four steps, then the NaN, in sub."""
-    demo = load_demo_module()
-    demo.textbook_loss = demo.stable_loss
-    out = io.StringIO()
-    try:
-        with contextlib.redirect_stdout(out):
-            demo.nans(None)
-    finally:
-        jax.config.update("jax_debug_nans", False)
-    first_part = out.getvalue().split("The same steps")[0]
+    """The first "Try this": textbook_loss with log_softmax (stable_loss) -> four steps, then the NaN, in sub.
+    In a fresh process, as a learner runs it: jax_debug_nans turned on after other jitted work in the same
+    process (this test process's) does not catch the NaN."""
+    result = subprocess.run([sys.executable, "-c", TRY_LOG_SOFTMAX, DEMO], capture_output=True, text=True, cwd=ROOT,
+                            timeout=300, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    first_part = result.stdout.split("The same steps")[0]
     assert re.findall(r"step (\d+): loss", first_part) == ["1", "2", "3", "4"], first_part
     assert "FloatingPointError: invalid value (nan) encountered in sub" in first_part
     assert "raised in stable_loss()" in first_part and "jax.nn.log_softmax" in first_part
