@@ -12,7 +12,7 @@ optimizer state and the hyperparameters, and of its last, the batch order; `None
 images and labels are shared, not mapped. The hyperparameters are float32 arrays, data like
 the params, so one compiled program serves every grid of them.
 
-With several JAX devices (GPUs, or XLA_FLAGS=--xla_force_host_platform_device_count=N on a
+With several JAX devices (GPUs, or JAX_NUM_CPU_DEVICES=N, JAX's own setting, on a
 CPU) the model axis is split across them: the models never exchange anything, so each device
 trains its share. The axis is padded to a multiple of the device count with copies of the
 last model, whose results are dropped.

@@ -151,7 +151,7 @@ compare_optimizers.main(["--configs", "adam", "adam:lr=0.003", "--seeds", "0", "
                          "--val-size", "100", "--data-dir", data, "--out", f"{out}/vmap"])
 mark("done")
 '''
-    return compile_counts(code, fake_dir, out, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    return compile_counts(code, fake_dir, out, JAX_NUM_CPU_DEVICES="2")
 
 
 def test_under_vmap_everything_compiles_in_the_setup_once(vmap_counts):
@@ -194,7 +194,7 @@ def test_the_sharded_vmapped_epoch_holds_no_collective():
     script = f"import sys; sys.path.insert(0, {ROOT!r}); COLLECTIVES = {COLLECTIVES!r}\n" + HLO
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=300,
                             env=dict(os.environ, JAX_PLATFORMS="cpu",
-                                     XLA_FLAGS="--xla_force_host_platform_device_count=2"))
+                                     JAX_NUM_CPU_DEVICES="2"))
     assert result.returncode == 0, result.stderr[-3000:]
     lines = dict(line.split(" ", 1) for line in result.stdout.splitlines() if line.startswith(("DEVICES", "HLO_")))
     assert lines["DEVICES"] == "2 SHARDED P('model',)"  # two devices, the model axis split over them

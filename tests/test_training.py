@@ -269,7 +269,7 @@ def test_a_diverging_model_stops_and_the_others_go_on(fake_data):
 def on_cpu_devices(count, code, *args):
     """Run Python `code` (with `args` as sys.argv[1:]) in a process that sees `count` CPU devices -> its result.
     A process of its own: the device count is fixed when JAX starts, and this one has started with one."""
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={count}")
+    env = dict(os.environ, JAX_NUM_CPU_DEVICES=str(count))
     return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, cwd=ROOT, env=env,
                           timeout=300)
 
