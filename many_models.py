@@ -28,6 +28,7 @@ import numpy as np
 import checkpoint
 import mlp_mnist
 import mnist_data
+from plumbing import warm_up
 from optimized_sgd import hyperparameters
 
 SAME_FOR_ALL = ("optimizer", "epochs", "batch_size", "train_subset", "val_size")  # what one program shares
@@ -99,7 +100,8 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
         order_spec = jax.ShapeDtypeStruct((padded, n), jnp.int32, sharding=per_model)
         many_epochs.lower(params, opt_state, hyper, data.train_images, data.train_labels, order_spec, name=name,
                           batch_size=batch_size).compile()  # now, before any clock starts
-        mlp_mnist.compile_predictions(many_predictions, params, data)
+        warm_up.compile_predictions(many_predictions, params, (data.train_images, data.val_images, data.test_images),
+                                    mlp_mnist.EVAL_CHUNK)
         for run in runs:
             run["compile_seconds"] = time.perf_counter() - start
         log(f"model  {mlp_mnist.HEADER}")

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 import checkpoint
 import mnist_data
-from plumbing import cli, exits, files, provenance, run_folder
+from plumbing import cli, exits, files, provenance, run_folder, warm_up
 from optimized_sgd import OPTIMIZERS, hyperparameters, make_optimizer
 from train_utils import batch_from_uint8, init_params, inputs_from_uint8, loss, predicted_class
 
@@ -114,20 +114,6 @@ def predict_all(predict, params, images):
     return np.concatenate(jax.device_get(chunks), axis=-1)
 
 
-def piece_sizes(n, size):
-    """The sizes of the pieces that n items fall into, `size` at a time: each is one compiled shape."""
-    return sorted({min(size, n)} | ({n % size} - {0}))
-
-
-def compile_predictions(predict, params, data):
-    """Compile predict for every chunk size evaluation will meet, before any clock starts: by calling it once on
-    a real chunk of that size, so that it is compiled for the very shardings evaluation's slices have (under
-    many_models' vmap, slices of images replicated across the devices)."""
-    for images in (data.train_images, data.val_images, data.test_images):
-        for size in piece_sizes(len(images), EVAL_CHUNK) if images is not None else ():
-            jax.block_until_ready(predict(params, images[:size]))
-
-
 def evaluate(predict, params, data, train_accuracy=True):
     """The digits predict(params, ...) gives for every split -> {"train", "val", "test": (..., N) or None}: None
     for a split that is not there, or, with train_accuracy=False, not looked at."""
@@ -158,11 +144,6 @@ def log_line(record):
 # --- The loop --------------------------------------------------------------------------
 
 
-def hyper_arrays(config):
-    """The optimizer's hyperparameters from a config, as float32 arrays -> {"lr": ..., ...}."""
-    return {key: jnp.float32(config[key]) for key in hyperparameters(config["optimizer"])}
-
-
 def initial_state(name, hyper, seed):
     """A new model and its optimizer's state -> {"params", "opt_state"}: what a checkpoint holds."""
     params = init_params(jax.random.key(seed))
@@ -171,17 +152,15 @@ def initial_state(name, hyper, seed):
 
 def compiled_epoch(config, train_set, data, params, opt_state, hyper):
     """-> run_epoch(params, opt_state, epoch) for config's loader, its programs compiled now, before any clock
-    starts (lower + compile fills jit's cache), for every batch shape the epoch meets."""
+    starts, for every batch shape the epoch meets (plumbing/warm_up.py)."""
     name, batch_size, seed, n = config["optimizer"], config["batch_size"], config["seed"], len(train_set)
     if config["loader"] == "torch":
+        warm_up.compile_steps(train_step, params, opt_state, hyper, n, batch_size, name=name)
         loader = mnist_data.train_loader(train_set, batch_size, seed)
-        for size in piece_sizes(n, batch_size):
-            images, labels = jax.ShapeDtypeStruct((size, 28, 28), jnp.uint8), jax.ShapeDtypeStruct((size,), jnp.uint8)
-            train_step.lower(params, opt_state, hyper, images, labels, name=name).compile()
         return lambda params, opt_state, epoch: torch_epoch(params, opt_state, hyper, epoch, loader, name)
     order = jax.ShapeDtypeStruct((n,), jnp.int32)
     device_epoch.lower(params, opt_state, hyper, data.train_images, data.train_labels, order, name=name,
-                       batch_size=batch_size).compile()
+                       batch_size=batch_size).compile()  # as warm_up does: compiled, not run
     return lambda params, opt_state, epoch: device_epoch(
         params, opt_state, hyper, data.train_images, data.train_labels, mnist_data.epoch_order(n, seed, epoch),
         name=name, batch_size=batch_size)
@@ -199,7 +178,7 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
     bit as if never stopped. Ctrl-C, wherever it lands, ends training with the epochs completed.
     """
     name, seed = config["optimizer"], config["seed"]
-    hyper = hyper_arrays(config)
+    hyper = {key: jnp.float32(config[key]) for key in hyperparameters(name)}  # data to the step, not constants
     template = jax.eval_shape(lambda: initial_state(name, hyper, seed))  # shapes and dtypes, nothing computed
     done, saved, results = checkpoint.resume_point(checkpoint_path, [config], template)
     run = results[0] if results else dict(status="completed", records=[], compile_seconds=None, test_predictions=None)
@@ -211,7 +190,8 @@ def train(config, train_set, test_set, val_set=None, log=print, on_epoch=lambda 
         state = jax.device_put(saved) if saved else initial_state(name, hyper, seed)
         params, opt_state = state["params"], state["opt_state"]
         run_epoch = compiled_epoch(config, train_set, data, params, opt_state, hyper)
-        compile_predictions(predicted_digits, params, data)
+        warm_up.compile_predictions(predicted_digits, params, (data.train_images, data.val_images, data.test_images),
+                                    EVAL_CHUNK)
         run["compile_seconds"] = time.perf_counter() - start
         log(HEADER)
         for epoch in range(done + 1, config["epochs"] + 1):

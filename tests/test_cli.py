@@ -11,6 +11,7 @@ import pytest
 
 import mlp_mnist
 import mnist_data
+from plumbing import warm_up
 from conftest import ROOT, dark_fraction, offline_env
 
 SHORT_RUN = ["--optimizer", "adam", "--epochs", "1", "--train-subset", "4000", "--seed", "0"]
@@ -136,7 +137,7 @@ def test_data_dir_from_environment(mnist_dir, tmp_path):
 
 
 def test_piece_sizes_are_the_shapes_a_split_falls_into():
-    assert mlp_mnist.piece_sizes(60000, 128) == [96, 128]  # 468 full batches and one of 96
-    assert mlp_mnist.piece_sizes(256, 128) == [128]
-    assert mlp_mnist.piece_sizes(100, 128) == [100]
-    assert mlp_mnist.piece_sizes(70000 - 60000, 2000) == [2000]
+    assert warm_up.piece_sizes(60000, 128) == [96, 128]  # 468 full batches and one of 96
+    assert warm_up.piece_sizes(256, 128) == [128]
+    assert warm_up.piece_sizes(100, 128) == [100]
+    assert warm_up.piece_sizes(70000 - 60000, 2000) == [2000]

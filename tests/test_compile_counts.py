@@ -36,7 +36,7 @@ def mark(name):
 
 MARKED_TRAINING = r'''
 runs = []
-real = dict(compile_predictions=mlp_mnist.compile_predictions, train=mlp_mnist.train,
+real = dict(compile_predictions=warm_up.compile_predictions, train=mlp_mnist.train,
             train_many=many_models.train_many)
 def compile_predictions(*args):  # the setup's last compilation
     real["compile_predictions"](*args)
@@ -48,13 +48,13 @@ def marked(on_epoch):
         mark(f"run {len(runs)} epoch {len(first['records'])}")
         on_epoch(run_or_runs)
     return after_epoch
-mlp_mnist.compile_predictions = compile_predictions
+warm_up.compile_predictions = compile_predictions
 mlp_mnist.train = lambda *args, on_epoch=lambda run: None, **kwargs: real["train"](
     *args, on_epoch=marked(on_epoch), **kwargs)
 many_models.train_many = lambda *args, on_epoch=lambda runs: None, **kwargs: real["train_many"](
     *args, on_epoch=marked(on_epoch), **kwargs)
 def unmark():
-    mlp_mnist.compile_predictions, mlp_mnist.train, many_models.train_many = real.values()
+    warm_up.compile_predictions, mlp_mnist.train, many_models.train_many = real.values()
 '''  # mlp_mnist.train and many_models.train_many, marked after their setup and after each epoch
 
 
@@ -80,6 +80,7 @@ def counts(fake_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("compiles"))
     code = r'''
 import compare_optimizers, many_models, mlp_mnist
+from plumbing import warm_up
 data, out = sys.argv[1], sys.argv[2]
 ''' + MARKED_TRAINING + r'''mark("start")
 for loader in ("torch", "device"):
@@ -144,6 +145,7 @@ def vmap_counts(fake_dir, tmp_path_factory):
     out = str(tmp_path_factory.mktemp("vmap-compiles"))
     code = r'''
 import compare_optimizers, many_models, mlp_mnist
+from plumbing import warm_up
 data, out = sys.argv[1], sys.argv[2]
 ''' + MARKED_TRAINING + r'''
 mark("start")
