@@ -18,7 +18,10 @@ when taken):
   curves.png    test error and training loss against epoch, a band for the seed spread
   checkpoints/  each run's checkpoint after its last finished epoch (with --vmap, each optimizer's, every
                 array with the model axis) and study.json: --resume DIR goes on from them
-Exit status: 0 done, 2 bad input, 130 interrupted (the completed runs are still written).
+With --vmap it can run as several processes that share each optimizer's models, as tune_optimizers.py can
+(--coordinator HOST:PORT --num-processes N --process-id I; docs/A4-many-machines.md): only process 0 writes.
+Exit status: 0 done, 2 bad input, 5 the study lost one of its processes, 130 interrupted (the completed runs are
+still written).
 """
 import argparse
 import statistics
@@ -32,7 +35,7 @@ from matplotlib.ticker import FormatStrFormatter
 import checkpoint
 import many_models
 import mlp_mnist
-from plumbing import cli, exits, files, plots, provenance, stats
+from plumbing import cli, exits, files, plots, processes, provenance, stats
 from optimized_sgd import OPTIMIZERS, UnknownHyperparameter, hyperparameters
 
 # The comparison of docs/04: every optimizer at its default learning rate, then two settings
@@ -67,13 +70,15 @@ def config_spec(text):
 
 def build_parser():
     p = argparse.ArgumentParser(description="Train several optimizer settings over several seeds and summarise.",
-                                epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
+                                epilog="Exit status: 0 done, 2 bad input, 5 the study lost one of its processes, "
+                                       "130 interrupted.")
     p.add_argument("--configs", type=config_spec, nargs="+", default=[config_spec(c) for c in COMPARISON],
                    metavar="NAME[:KEY=VALUE,...]",
                    help="optimizer settings to compare, e.g. adam:lr=0.0003,eps=1e-6 (unset values take "
                         "mlp_mnist.py's defaults; default: " + " ".join(COMPARISON) + ")")
     cli.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
                   "--data-dir", "--out", "--resume")
+    processes.add_flags(p)
     return p
 
 
@@ -205,7 +210,8 @@ def write_results(out, args, runs, total_seconds, interrupted):
 
 
 def train_all(args, train_set, val_set, test_set):
-    """Every configuration over every seed -> (runs, interrupted); Ctrl-C anywhere keeps the completed runs.
+    """Every configuration over every seed -> (runs, why it stopped early: None, "interrupted" or PeerLost); Ctrl-C
+    anywhere keeps the completed runs, and so does a lost process of a multi-process study.
 
     One model after another; with --vmap, every configuration and seed of one optimizer as one program."""
     jobs = [(label, seed, run_config(args, overrides, seed))
@@ -233,11 +239,13 @@ def train_all(args, train_set, val_set, test_set):
                                  compile_seconds=run["compile_seconds"], records=run["records"]))
             done += len(group)
             if any(run["status"] == "interrupted" for run in results):
-                return runs, True
+                return runs, "interrupted"
     except KeyboardInterrupt:  # between runs: what is in `runs` is complete
-        return runs, True
+        return runs, "interrupted"
+    except processes.PeerLost as err:
+        return runs, err
     order = {(label, seed): i for i, (label, seed, _) in enumerate(jobs)}
-    return sorted(runs, key=lambda r: order[(r["label"], r["seed"])]), False
+    return sorted(runs, key=lambda r: order[(r["label"], r["seed"])]), None
 
 
 def main(argv=None):
@@ -248,11 +256,14 @@ def main(argv=None):
     if args.vmap:
         args.loader = "device"  # the models share one program: mlp_mnist's device epoch under jax.vmap
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
+    processes.start(parser, args, argv)
     train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
     exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
+    processes.ready()
     start = time.perf_counter()
     try:
-        runs, interrupted = train_all(args, train_set, val_set, test_set)
+        runs, stopped = train_all(args, train_set, val_set, test_set)
+        interrupted = stopped is not None
     except checkpoint.CheckpointError as err:
         exits.fail(f"--resume {args.out}: {err}")
     total = time.perf_counter() - start
@@ -260,8 +271,11 @@ def main(argv=None):
         write_results(out, args, runs, total, interrupted), args.vmap)),
         "the files written before it are complete (each is written whole or not at all)")
     print(f"{len(runs)} runs in {total / 60:.1f} minutes; wrote {args.out}/summary.json, summary.md, curves.png")
+    complete = sum(r["status"] == "completed" for r in runs)
+    if isinstance(stopped, processes.PeerLost):
+        exits.fail(f"{stopped}: process 0's {args.out} holds the {complete} completed runs; the same command with "
+                   f"--resume {args.out} goes on", exits.EXIT_PROCESS_LOST)
     if interrupted:
-        complete = sum(r["status"] == "completed" for r in runs)
         print(f"interrupted: {args.out} holds the {complete} completed runs and the completed epochs of the "
               f"{len(runs) - complete} others; python compare_optimizers.py --resume {args.out} goes on",
               file=sys.stderr)

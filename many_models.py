@@ -28,7 +28,7 @@ import numpy as np
 import checkpoint
 import mlp_mnist
 import mnist_data
-from plumbing import warm_up
+from plumbing import processes, warm_up
 from optimized_sgd import hyperparameters
 
 SAME_FOR_ALL = ("optimizer", "epochs", "batch_size", "train_subset", "val_size")  # what one program shares
@@ -85,14 +85,15 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
     per_model, shared, padded = model_shardings(count)
     padded_configs = configs + [configs[-1]] * (padded - count)  # copies of the last model; their results dropped
     data = mnist_data.on_device(train_set, val_set, test_set)
-    data = data._replace(**{field: jax.device_put(getattr(data, field), shared)  # every device holds all images
-                            for field in ("train_images", "train_labels", "val_images", "test_images")})
+    data = data._replace(**{field: processes.put(np.asarray(getattr(data, field)), shared)  # every device: all
+                            for field in ("train_images", "train_labels", "val_images", "test_images")
+                            if getattr(data, field) is not None})
     try:
         start = time.perf_counter()
-        hyper = jax.device_put(hyper_of(padded_configs), per_model)
+        hyper = jax.tree.map(lambda leaf: processes.put(leaf, per_model), hyper_of(padded_configs))
         if saved:  # the padding models: copies of the last one, as it is now (they always were its copies)
             pad = lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (padded - count))  # noqa: E731
-            state = jax.device_put(jax.tree.map(pad, saved), per_model)
+            state = jax.tree.map(lambda leaf: processes.put(pad(leaf), per_model), saved)
         else:
             state = jax.jit(initial_states, static_argnums=0, out_shardings=per_model)(
                 name, hyper, jnp.array([c["seed"] for c in padded_configs]))
@@ -107,11 +108,11 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
         log(f"model  {mlp_mnist.HEADER}")
         for epoch in range(done + 1, configs[0]["epochs"] + 1):
             start = time.perf_counter()
-            orders = jax.device_put(np.stack([mnist_data.epoch_order(n, c["seed"], epoch) for c in padded_configs]),
-                                    per_model)  # every model's batches
+            orders = processes.put_rows((padded, n), per_model, lambda start, stop, epoch=epoch: np.stack(
+                [mnist_data.epoch_order(n, c["seed"], epoch) for c in padded_configs[start:stop]]))  # own rows only
             params, opt_state, losses = many_epochs(params, opt_state, hyper, data.train_images, data.train_labels,
                                                     orders, name=name, batch_size=batch_size)
-            losses = jax.device_get(losses)[:count]  # waits for the epoch's last step
+            losses = processes.gather(losses)[:count]  # waits for the epoch's last step
             train_seconds = time.perf_counter() - start
             for run, loss_value in zip(runs, losses):
                 if run["status"] == "completed" and not math.isfinite(loss_value):
@@ -119,7 +120,8 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
             if all(run["status"] != "completed" for run in runs):
                 break
             start = time.perf_counter()
-            digits = mlp_mnist.evaluate(many_predictions, params, data, train_accuracy)  # each (padded, N) or None
+            digits = mlp_mnist.evaluate(many_predictions, params, data, train_accuracy,  # each (padded, N) or None
+                                        fetch=processes.gather)
             eval_seconds = time.perf_counter() - start
             for i, run in enumerate(runs):
                 if run["status"] == "completed":
@@ -129,7 +131,8 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
                     run["test_predictions"] = mine["test"]
                     log(f"{i:>5}  {mlp_mnist.log_line(run['records'][-1])}")
             if checkpoint_path:  # the real models only, before the next epoch donates their memory
-                state = jax.tree.map(lambda leaf: np.asarray(leaf)[:count], dict(params=params, opt_state=opt_state))
+                state = jax.tree.map(lambda leaf: processes.gather(leaf)[:count],
+                                     dict(params=params, opt_state=opt_state))
                 checkpoint.save_run(checkpoint_path, state, epoch, configs, runs)
             on_epoch(runs)
     except KeyboardInterrupt:

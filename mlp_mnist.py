@@ -108,16 +108,17 @@ def predicted_digits(params, images):
     return predicted_class(params, inputs_from_uint8(images))
 
 
-def predict_all(predict, params, images):
-    """images (N, 28, 28) on the device -> predict(params, chunk) for every chunk of EVAL_CHUNK, joined (numpy)."""
+def predict_all(predict, params, images, fetch=jax.device_get):
+    """images (N, 28, 28) on the device -> predict(params, chunk) for every chunk of EVAL_CHUNK, fetched to the host
+    and joined (numpy)."""
     chunks = [predict(params, images[i:i + EVAL_CHUNK]) for i in range(0, len(images), EVAL_CHUNK)]
-    return np.concatenate(jax.device_get(chunks), axis=-1)
+    return np.concatenate(fetch(chunks), axis=-1)
 
 
-def evaluate(predict, params, data, train_accuracy=True):
+def evaluate(predict, params, data, train_accuracy=True, fetch=jax.device_get):
     """The digits predict(params, ...) gives for every split -> {"train", "val", "test": (..., N) or None}: None
     for a split that is not there, or, with train_accuracy=False, not looked at."""
-    digits_of = lambda images: None if images is None else predict_all(predict, params, images)  # noqa: E731
+    digits_of = lambda images: None if images is None else predict_all(predict, params, images, fetch)  # noqa
     return dict(train=digits_of(data.train_images) if train_accuracy else None, val=digits_of(data.val_images),
                 test=digits_of(data.test_images))
 

@@ -31,7 +31,11 @@ Writes, atomically, into a new or empty --out folder (default runs/tuning, numbe
   summary.md      the report table and the grid of validation accuracies
   sensitivity.png final validation error against learning rate, one line per optimizer
   checkpoints/    each run's checkpoint (with --vmap, each group's) and study.json: --resume DIR goes on
-Exit status: 0 done, 2 bad input or a disk error, 130 interrupted (what finished is written).
+With --vmap the study can run as several processes, on one machine or many, that share every optimizer's models
+(JAX's multi-controller runtime): the same command in each, with --coordinator HOST:PORT --num-processes N
+--process-id I, or none of them under srun or mpirun. Only process 0 writes (docs/A4-many-machines.md).
+Exit status: 0 done, 2 bad input or a disk error, 5 the study lost one of its processes, 130 interrupted (what
+finished is written).
 """
 import argparse
 import hashlib
@@ -48,7 +52,7 @@ from matplotlib.ticker import FormatStrFormatter
 import checkpoint
 import many_models
 import mlp_mnist
-from plumbing import cli, exits, files, plots, provenance, stats
+from plumbing import cli, exits, files, plots, processes, provenance, stats
 from optimized_sgd import OPTIMIZERS, hyperparameters
 
 # --- The protocol's defaults ---------------------------------------------------------------
@@ -65,7 +69,8 @@ INCLUSION = "adam (lr x eps)"  # the label of Adam tuned over lr x eps
 def build_parser():
     p = argparse.ArgumentParser(description="Tune every optimizer's learning rate on the same grid, choose on "
                                             "validation accuracy, report test accuracy once.",
-                                epilog="Exit status: 0 done, 2 bad input, 130 interrupted.")
+                                epilog="Exit status: 0 done, 2 bad input, 5 the study lost one of its processes, "
+                                       "130 interrupted.")
     p.add_argument("--optimizers", nargs="+", choices=list(OPTIMIZERS), default=list(OPTIMIZERS),
                    help="optimizers to tune (default: all of them)")
     p.add_argument("--lrs", type=cli.positive_float, nargs="+", default=LRS, metavar="LR",
@@ -82,6 +87,7 @@ def build_parser():
                         "taken as they are; only the others are trained (default: none)")
     cli.add_flags(p, "--seeds", "--epochs", "--batch-size", "--train-subset", "--val-size", "--loader", "--vmap",
                   "--data-dir", "--out", "--resume", val_size=VAL_SIZE)
+    processes.add_flags(p)
     return p
 
 
@@ -411,11 +417,13 @@ def main(argv=None):
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
     if args.val_size < 1:
         parser.error("argument --val-size: must be at least 1: the learning rates are chosen on validation data")
+    processes.start(parser, args, argv)
     train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
     exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
+    processes.ready()
 
     grid = entries(args.optimizers, args.lrs, args.adam_eps)
-    results, report_results, seconds, interrupted = {}, {}, {}, False  # run_key -> (config, run)
+    results, report_results, seconds, interrupted, lost = {}, {}, {}, False, None  # run_key -> (config, run)
     earlier, args.reused_seconds = earlier_runs(args.reuse) if args.reuse else ({}, None)
     args.reused_runs = 0
     save = lambda done: exits.write_or_fail(  # noqa: E731
@@ -446,17 +454,22 @@ def main(argv=None):
                 break
     except KeyboardInterrupt:
         interrupted = True
+    except processes.PeerLost as err:
+        interrupted, lost = True, err
     except checkpoint.CheckpointError as err:
         exits.fail(f"--resume {args.out}: {err}")
     rows, selected, reported, winner = save(interrupted)
     print(markdown(args, rows, selected, reported, winner, seconds))
     print(f"{len(results)} selection runs and {len(report_results)} report runs in "
           f"{sum(v for k, v in seconds.items() if not k.endswith(' models')) / 60:.1f} minutes; wrote "
-          f"{args.out}/summary.json, summary.md, sensitivity.png")
+          f"{args.out}/summary.json, summary.md" + (", sensitivity.png" if rows else ""))
     for label, chosen in selected.items():
         if chosen and not chosen["bracketed"]:
             print(f"note: {label}'s selected lr {chosen['lr']:g} is at the edge of the grid: widen --lrs",
                   file=sys.stderr)
+    if lost:
+        exits.fail(f"{lost}: process 0's {args.out} holds the optimizers that finished; the same command with "
+                   f"--resume {args.out} goes on", exits.EXIT_PROCESS_LOST)
     if interrupted:
         print(f"interrupted: {args.out} holds the optimizers that finished; python tune_optimizers.py --resume "
               f"{args.out} goes on", file=sys.stderr)

@@ -9,6 +9,7 @@ import os
 import numpy as np
 
 from plumbing.exits import fail
+from plumbing import files
 from plumbing.files import default_out_dir, read_json_or_none, write_json
 
 
@@ -194,13 +195,15 @@ def check_resumed_flags(parser, argv, saved, what):
     if "out" in given:
         fail(f"{what}: --out too: a resumed run writes into the folder it resumes")
     for key, value in given.items():
-        if key not in ("epochs", "data_dir", "resume") and json.loads(json.dumps(value)) != saved.get(key):
+        if key not in ("epochs",) + NOT_SETTINGS and json.loads(json.dumps(value)) != saved.get(key):
             fail(f"{what}: --{key.replace('_', '-')} {value} is not the run's ({saved.get(key)}); only --epochs "
                  f"(more of them) and --data-dir may change")
     return dict(saved, epochs=given.get("epochs", saved["epochs"]))
 
 
 STUDY_FILE = "checkpoints/study.json"  # a study's settings, beside its checkpoints: what --resume DIR reads
+NOT_SETTINGS = ("out", "data_dir", "resume",  # where things are, not what is computed: these may change on resume
+                "coordinator", "num_processes", "process_id", "join_timeout")  # so may the processes' layout
 
 
 def study_args(parser, argv, args, name):
@@ -209,14 +212,14 @@ def study_args(parser, argv, args, name):
     --epochs no fewer than before; --out is then DIR."""
     if not args.resume:
         args.out = args.out or default_out_dir(name)
-        args.settings = {key: value for key, value in vars(args).items() if key not in ("out", "data_dir", "resume")}
+        args.settings = {key: value for key, value in vars(args).items() if key not in NOT_SETTINGS}
         args.settings["script"] = name
         return args
     what = f"--resume {args.resume}"
     saved = read_json_or_none(f"{args.resume}/{STUDY_FILE}")
     if not isinstance(saved, dict):
         fail(f"{what}: holds no study to resume (no readable {STUDY_FILE})")
-    if saved.get("script") != name or not set(vars(args)) - {"out", "data_dir", "resume"} <= set(saved):
+    if saved.get("script") != name or not set(vars(args)) - set(NOT_SETTINGS) <= set(saved):
         fail(f"{what}: holds a study of another script ({saved.get('script')}), not of this one ({name})")
     saved.pop("provenance", None)
     settings = check_resumed_flags(parser, argv, saved, what)
@@ -228,5 +231,6 @@ def study_args(parser, argv, args, name):
 def save_study_args(args):
     """After --out is claimed: the study's settings (args.settings; a resumed one's with --epochs as given now)
     into STUDY_FILE, for --resume."""
-    os.makedirs(os.path.dirname(f"{args.out}/{STUDY_FILE}"), exist_ok=True)
+    if files.WRITER:
+        os.makedirs(os.path.dirname(f"{args.out}/{STUDY_FILE}"), exist_ok=True)
     write_json(f"{args.out}/{STUDY_FILE}", args.settings)

@@ -7,7 +7,8 @@ import sys
 from plumbing.files import OutDirError, WriteError, claim_out_dir
 
 
-EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECK_FAILED, EXIT_INTERRUPTED = 2, 3, 4, 130  # docs/A3-errors.md
+# docs/A3-errors.md
+EXIT_BAD_INPUT, EXIT_DIVERGED, EXIT_CHECK_FAILED, EXIT_PROCESS_LOST, EXIT_INTERRUPTED = 2, 3, 4, 5, 130
 
 
 def fail(message, code=EXIT_BAD_INPUT):
@@ -44,12 +45,28 @@ def load_data_or_exit(parser, args, batch_size=1):
     return splits
 
 
+QUICK_EXIT = False  # True in a worker of a multi-process study (plumbing/processes.py): a failure ends it at once
+
+
 def run_script(main, argv=None):
     """Every script's entry point: main(argv); Ctrl-C -> exit 130, a disk error -> one line and exit 2.
 
     A script that has finished part of its work writes it before it lets Ctrl-C through (its own
-    except KeyboardInterrupt); what reaches this function has nothing left to save.
+    except KeyboardInterrupt); what reaches this function has nothing left to save. In a worker of a
+    multi-process study, any status but 0 ends the process at once: JAX's orderly shutdown would wait
+    for the other processes, and the others learn that this one is gone at their next collective.
     """
+    try:
+        _run(main, argv)
+    except SystemExit as end:
+        if QUICK_EXIT and end.code not in (0, None):
+            from plumbing import processes
+
+            processes.stop(end.code)
+        raise
+
+
+def _run(main, argv):
     try:
         main(argv)
     except KeyboardInterrupt:

@@ -37,11 +37,14 @@ class OutDirError(Exception):
     """An output folder or file cannot be used; the message is one line for the user."""
 
 
+WRITER = True  # False in every process of a multi-process study but process 0 (plumbing/processes.py): one writes
 _created_out_dirs = []  # folders claim_out_dir made: removed at exit if the run left them empty
 
 
 def claim_out_dir(path, flag="--out"):
     """Create --out, or accept it when empty; refuse a folder that already holds files."""
+    if not WRITER:
+        return
     if os.path.exists(path) and not os.path.isdir(path):
         raise OutDirError(f"{flag} {path}: is a file, not a folder")
     if os.path.isdir(path) and os.listdir(path):
@@ -93,8 +96,11 @@ class WriteError(OSError):
 def atomic_write(path, write):
     """Call write(file object) on a temporary file beside `path`, then rename it to `path`.
 
-    A failure raises WriteError naming `path`, so that the one-line message can say which file failed.
+    A failure raises WriteError naming `path`, so that the one-line message can say which file failed. In a
+    process that does not write (not process 0 of a multi-process study), nothing happens.
     """
+    if not WRITER:
+        return
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     try:

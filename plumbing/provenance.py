@@ -98,6 +98,8 @@ def provenance():
     if jax is not None:
         device = jax.devices()[0]
         info["device"] = dict(name=str(device), kind=device.device_kind, count=jax.device_count())
+        if jax.process_count() > 1:  # a multi-process study: its devices are every process's (the machine: this one's)
+            info["device"].update(processes=jax.process_count(), local_count=jax.local_device_count())
     return info
 
 

@@ -250,8 +250,8 @@ def test_docs_10_lists_every_exit_status():
         lines = re.findall(r"Exit status: (.+)", " ".join(help_text.split()))
         assert len(lines) == 1, f"{script} --help does not say its exit statuses"
         promised |= {int(n) for n in re.findall(r"\b(\d+) (?:done|bad|the|interrupted)", lines[0])}
-    assert promised == table == {0, 2, 3, 4, 130}
-    assert {exits.EXIT_BAD_INPUT, exits.EXIT_DIVERGED, exits.EXIT_CHECK_FAILED,
+    assert promised == table == {0, 2, 3, 4, 5, 130}
+    assert {exits.EXIT_BAD_INPUT, exits.EXIT_DIVERGED, exits.EXIT_CHECK_FAILED, exits.EXIT_PROCESS_LOST,
             exits.EXIT_INTERRUPTED} <= table
 
 
