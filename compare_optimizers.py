@@ -256,7 +256,7 @@ def main(argv=None):
     if args.vmap:
         args.loader = "device"  # the models share one program: mlp_mnist's device epoch under jax.vmap
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
-    processes.start(parser, args, argv)
+    processes.start(parser, args, argv, __file__)
     train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
     exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
     processes.ready()

@@ -131,8 +131,8 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
                     run["test_predictions"] = mine["test"]
                     log(f"{i:>5}  {mlp_mnist.log_line(run['records'][-1])}")
             if checkpoint_path:  # the real models only, before the next epoch donates their memory
-                state = jax.tree.map(lambda leaf: processes.gather(leaf)[:count],
-                                     dict(params=params, opt_state=opt_state))
+                state = jax.tree.map(lambda leaf: leaf[:count], processes.gather(dict(params=params,
+                                                                                        opt_state=opt_state)))
                 checkpoint.save_run(checkpoint_path, state, epoch, configs, runs)
             on_epoch(runs)
     except KeyboardInterrupt:

@@ -417,7 +417,7 @@ def main(argv=None):
     torch.set_num_threads(1)  # as in mlp_mnist.py: the cores are XLA's
     if args.val_size < 1:
         parser.error("argument --val-size: must be at least 1: the learning rates are chosen on validation data")
-    processes.start(parser, args, argv)
+    processes.start(parser, args, argv, __file__)
     train_set, val_set, test_set = exits.load_data_or_exit(parser, args, args.batch_size)
     exits.write_or_fail(args.out, lambda out: cli.save_study_args(args), "nothing was saved")
     processes.ready()

@@ -67,8 +67,12 @@ def run_script(main, argv=None):
 
 
 def _run(main, argv):
+    from plumbing.processes import PeerLost  # here: plumbing.processes itself imports this module
+
     try:
         main(argv)
+    except PeerLost as err:  # before the study began (its training loops catch their own): nothing was written
+        fail(f"{err}; the study stopped before it began", EXIT_PROCESS_LOST)
     except KeyboardInterrupt:
         print("interrupted (Ctrl-C); every file written before is complete", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)

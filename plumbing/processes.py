@@ -38,7 +38,8 @@ def add_flags(parser):
     group.add_argument("--num-processes", type=int, metavar="N",
                        help="how many processes run the study (default: one, or what srun or mpirun say)")
     group.add_argument("--process-id", type=int, metavar="I",
-                       help="this process's number, 0 .. N-1; process 0 writes (default: 0, or what srun or mpirun say)")
+                       help="this process's number, 0 .. N-1; process 0 writes (default: 0, or what srun or mpirun "
+                            "say)")
     group.add_argument("--join-timeout", type=int, default=TIMEOUT, metavar="SECONDS",
                        help="how long to wait for every process to join, and for a silent one before the others "
                             "stop (default: %(default)s)")
@@ -61,7 +62,7 @@ def layout(parser, args):
             parser.error(f"argument --process-id: {args.process_id} is not in 0 .. --num-processes - 1 "
                          f"({args.num_processes - 1})")
         found = dict(coordinator=args.coordinator, num_processes=args.num_processes, process_id=args.process_id)
-    elif int(os.environ.get("SLURM_NTASKS", 1)) > 1 and "SLURM_STEP_NODELIST" in os.environ:
+    elif int(os.environ.get("SLURM_STEP_NUM_TASKS", 1)) > 1 and "SLURM_STEP_NODELIST" in os.environ:  # in srun
         found = dict(coordinator=None, num_processes=None, process_id=int(os.environ["SLURM_PROCID"]))
     elif int(os.environ.get("OMPI_COMM_WORLD_SIZE", 1)) > 1:
         found = dict(coordinator=None, num_processes=None, process_id=int(os.environ["OMPI_COMM_WORLD_RANK"]))
@@ -74,7 +75,7 @@ def layout(parser, args):
     return found
 
 
-def start(parser, args, argv):
+def start(parser, args, argv, script):
     """Join the study if the flags or the environment say there are several processes; else do nothing.
 
     The process started by the user supervises (never returns); its worker joins: jax.distributed.initialize,
@@ -83,7 +84,7 @@ def start(parser, args, argv):
     if where is None:
         return
     if os.environ.get(WORKER) != "1":
-        supervise(argv, where["process_id"], args.join_timeout)
+        supervise(script, argv, where["process_id"], args.join_timeout)
     import jax
 
     jax.distributed.initialize(where["coordinator"], where["num_processes"], where["process_id"],
@@ -104,12 +105,12 @@ def start(parser, args, argv):
              f"the same command, --process-id aside)")
 
 
-def supervise(argv, process_id, timeout):
+def supervise(script, argv, process_id, timeout):
     """Run this command again as the worker, stderr into a log file -> exit with its status; an abort (the
     runtime's own, when a peer is lost or never joins) becomes one line and EXIT_PROCESS_LOST."""
     log = tempfile.NamedTemporaryFile("w+", prefix=f"ml_in_jax-process{process_id}-", suffix=".log", delete=False)
     signal.signal(signal.SIGINT, lambda *_: None)  # Ctrl-C reaches the worker too (one process group): it decides
-    worker = subprocess.Popen([sys.executable, sys.argv[0], *argv], env=dict(os.environ, **{WORKER: "1"}),
+    worker = subprocess.Popen([sys.executable, script, *argv], env=dict(os.environ, **{WORKER: "1"}),
                               stderr=log)
     signal.signal(signal.SIGTERM, lambda *_: worker.terminate())  # srun and scancel stop a step with SIGTERM
     status = worker.wait()
@@ -123,6 +124,8 @@ def supervise(argv, process_id, timeout):
     ours = [line[len("error: "):] for line in lines if line.startswith("error: ")]  # the runtime's own lines aside
     if ours:
         why = ours[-1]
+    elif status != -signal.SIGABRT:  # not the runtime's abort: this process itself was stopped (OOM, scancel)
+        why = f"this process was stopped by signal {-status}; every file written before is complete"
     elif any(line.startswith(JOINED) for line in lines):
         why = "another process stopped or cannot be reached; the study stopped, every file written before is complete"
     else:

@@ -165,7 +165,7 @@ def test_a_peer_that_never_joins_ends_the_wait(learnable_dir, tmp_path):
 
 
 def test_a_mismatched_command_is_refused(learnable_dir, tmp_path):
-    """Process 1 given another --epochs (or another --num-processes): both refuse with one line, exit status 2."""
+    """Process 1 given another --epochs: both refuse with one line, exit status 2."""
     args = [*STUDY, "--data-dir", learnable_dir, "--out", "study"]
     pair = start_two("tune_optimizers.py", args, [tmp_path, tmp_path], extra=((), ("--epochs", "4")))
     for i, process in enumerate(pair):
@@ -173,6 +173,21 @@ def test_a_mismatched_command_is_refused(learnable_dir, tmp_path):
         assert status == 2
         one_line_error(err, f"error: process {i}: the processes were given different settings")
     assert os.listdir(tmp_path) == []
+
+
+def test_a_peer_that_fails_before_the_study_stops_the_others(learnable_dir, tmp_path):
+    """Process 0's --out already holds files: it refuses (exit 2, as one process does), and process 1, waiting for
+    it to be ready, stops with one line and exit status 5, no traceback."""
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "mine.txt").write_text("a file you had")
+    args = [*STUDY, "--data-dir", learnable_dir, "--out", str(tmp_path / "study")]
+    (status0, _, err0), (status1, _, err1) = [finish(p) for p in start_two("tune_optimizers.py", args,
+                                                                           [tmp_path, tmp_path])]
+    assert (status0, status1) == (2, processes.EXIT_PROCESS_LOST), err0 + err1
+    one_line_error(err0, "error: --out")
+    one_line_error(err1, "error: process 1: another process of the study stopped or cannot be reached; the study "
+                         "stopped before it began")
+    assert os.listdir(tmp_path / "study") == ["mine.txt"]
 
 
 @pytest.mark.parametrize("flags, message", [
