@@ -88,12 +88,25 @@ def versions():
     return found
 
 
+def vector_isa(cpu_flags):
+    """The widest vector instructions an x86 CPU has ("AVX-512", "AVX2", "AVX", "SSE4.2"), else the machine
+    ("aarch64", ...). The CPU's matrix-multiply kernels are chosen by it at run time, so two CPUs with different
+    ISAs round differently: the digits of a result belong to this ISA (README, "Results and how they are made")."""
+    flags = set((cpu_flags or "").split())
+    for flag, name in (("avx512f", "AVX-512"), ("avx2", "AVX2"), ("avx", "AVX"), ("sse4_2", "SSE4.2")):
+        if flag in flags:
+            return name
+    return platform.machine() or None
+
+
 def provenance():
-    """-> {command, versions, machine, device, code}: what every file this repository writes records."""
+    """-> {command, versions, machine, device, code, xla_flags}: what every file this repository writes records."""
     found = machine()
-    flags = (found.pop("cpu_flags") or "").split()
-    found["avx512"] = "avx512f" in flags if flags else None
-    info = dict(command=_run["command"], versions=versions(), machine=found, code=_run["code"] or code_version())
+    flags = found.pop("cpu_flags")
+    found["avx512"] = "avx512f" in flags.split() if flags else None
+    found["isa"] = vector_isa(flags)
+    info = dict(command=_run["command"], versions=versions(), machine=found, code=_run["code"] or code_version(),
+                xla_flags=os.environ.get("XLA_FLAGS"))  # None: XLA's defaults
     jax = sys.modules.get("jax")
     if jax is not None:
         device = jax.devices()[0]

@@ -2,6 +2,8 @@
 
 Tiny MLPs and quadratics in float64: no MNIST needed, except for the command-line checks.
 """
+import math
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -156,10 +158,35 @@ def test_bisection_brackets_the_edge_of_a_quadratic():
     matrix = symmetric_matrix([4.0, 1.0, 0.25])
     theta = jnp.array([1.0, -2.0, 0.5])
     lr_diverges, lr_survives, probes = sharpness.find_divergence(
-        lambda lr: sharpness.gd_blows_up(quadratic, lr, theta, matrix, 2000), start=0.01)
+        lambda lr: sharpness.gd_probe(quadratic, lr, theta, matrix, 2000)["diverged"], start=0.01)
     assert lr_survives < 2 / 4.0 * 1.001 and lr_diverges > 2 / 4.0
     assert lr_diverges / lr_survives < sharpness.BISECT_RATIO
     assert all(blew_up == (lr >= lr_diverges) for lr, blew_up in probes)
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.99, 1.01, 3.0])
+def test_a_probe_keeps_its_final_loss_and_accuracy(fraction):
+    """gd_probe's record against train_steps' own losses: the loss before step 0, the loss after the last step
+    run (steps_run: all of them, or up to the 25-step chunk in which it blew up), and accuracy_fn's value
+    at those params; None for both when the loss is not finite."""
+    matrix = symmetric_matrix([4.0, 1.0, 0.25])
+    theta = jnp.array([1.0, -2.0, 0.5])
+    lr = fraction * 2 / 4.0
+    steps = 2000 if fraction < 2 else 1000  # at 3 x the edge the loss overflows to inf within 1000 steps
+    probe = sharpness.gd_probe(quadratic, lr, theta, matrix, steps, accuracy_fn=lambda p: jnp.sum(p ** 2))
+    hyper = dict(lr=jnp.float32(lr))  # as gd_probe holds it
+    params, state, losses = theta, make_optimizer("sgd", **hyper).init(theta), []
+    for length in sharpness.block_lengths(probe["steps_run"], 25):  # the probe's own chunks: the same programs
+        params, state, block = sharpness.train_steps(quadratic, "sgd", hyper, params, state, matrix, length)
+        losses.extend(np.asarray(block).tolist())
+    assert probe["diverged"] == (fraction > 1)
+    assert probe["steps_run"] == (steps if fraction < 1 else 25 * math.ceil(probe["steps_run"] / 25))
+    assert probe["initial_loss"] == float(losses[0]) == float(quadratic(theta, matrix))
+    final = float(quadratic(params, matrix))
+    if math.isfinite(final):
+        assert probe["final_loss"] == final and probe["final_accuracy"] == float(jnp.sum(params ** 2))
+    else:
+        assert probe["final_loss"] is None and probe["final_accuracy"] is None
 
 
 @pytest.mark.parametrize("losses, expected", [
