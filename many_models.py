@@ -55,8 +55,22 @@ many_predictions = jax.jit(jax.vmap(mlp_mnist.predicted_digits, in_axes=(0, None
 
 
 def initial_states(name, hyper, seeds):
-    """S new models and their optimizer states -> {"params", "opt_state"}, every leaf with a model axis (S, ...)."""
-    return jax.vmap(lambda h, s: mlp_mnist.initial_state(name, h, s))(hyper, seeds)
+    """S new models and their optimizer states -> {"params", "opt_state"}, NumPy leaves with a model axis (S, ...).
+
+    hyper: {key: (S,)}; seeds: S ints. Each model is made by mlp_mnist.initial_state, one at a time and op by op,
+    exactly as a model trained alone is made: the same draw compiled as one program (jit, or vmap under jit)
+    rounds about a quarter of the weights differently in the last bit, and the models would then no longer
+    be the ones mlp_mnist.py trains (tests/test_training.py compares the two)."""
+    made = [jax.device_get(mlp_mnist.initial_state(name, {k: v[i] for k, v in hyper.items()}, int(seed)))
+            for i, seed in enumerate(seeds)]
+    return jax.tree.map(lambda *leaves: np.stack(leaves), *made)
+
+
+def with_model_axis(name, hyper, count):
+    """The shapes and dtypes of initial_states' result for `count` models, nothing computed (a checkpoint's
+    template). hyper: one model's {key: value}."""
+    one = jax.eval_shape(lambda: mlp_mnist.initial_state(name, hyper, 0))
+    return jax.tree.map(lambda leaf: jax.ShapeDtypeStruct((count, *leaf.shape), leaf.dtype), one)
 
 
 def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=lambda runs: None,
@@ -76,7 +90,7 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
     name, batch_size, n, count = configs[0]["optimizer"], configs[0]["batch_size"], len(train_set), len(configs)
     hyper_of = lambda configs: {key: np.array([c[key] for c in configs], np.float32)  # noqa: E731
                                 for key in hyperparameters(name)}
-    template = jax.eval_shape(lambda: initial_states(name, hyper_of(configs), jnp.array([c["seed"] for c in configs])))
+    template = with_model_axis(name, {k: v[0] for k, v in hyper_of(configs).items()}, count)
     done, saved, runs = checkpoint.resume_point(checkpoint_path, configs, template)
     runs = runs or [dict(status="completed", records=[], compile_seconds=None, test_predictions=None)
                     for _ in configs]
@@ -94,9 +108,9 @@ def train_many(configs, train_set, test_set, val_set=None, log=print, on_epoch=l
         if saved:  # the padding models: copies of the last one, as it is now (they always were its copies)
             pad = lambda leaf: np.concatenate([leaf] + [leaf[-1:]] * (padded - count))  # noqa: E731
             state = jax.tree.map(lambda leaf: processes.put(pad(leaf), per_model), saved)
-        else:
-            state = jax.jit(initial_states, static_argnums=0, out_shardings=per_model)(
-                name, hyper, jnp.array([c["seed"] for c in padded_configs]))
+        else:  # every process makes every model (milliseconds each), then places its own devices' part
+            state = jax.tree.map(lambda leaf: processes.put(leaf, per_model),
+                                 initial_states(name, hyper_of(padded_configs), [c["seed"] for c in padded_configs]))
         params, opt_state = state["params"], state["opt_state"]
         order_spec = jax.ShapeDtypeStruct((padded, n), jnp.int32, sharding=per_model)
         many_epochs.lower(params, opt_state, hyper, data.train_images, data.train_labels, order_spec, name=name,

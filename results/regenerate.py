@@ -2,8 +2,9 @@
 
     python results/regenerate.py --list              # the parts, what each writes, how long it took
     python results/regenerate.py paths step_sizes    # regenerate two parts
-    python results/regenerate.py all                 # everything (about 1 h 45 min on 2 CPU cores)
-    python results/regenerate.py --check             # one machine and one code version in every file?
+    python results/regenerate.py all                 # everything (about 2 h on 2 CPU cores)
+    python results/regenerate.py --check             # one code version; the digits from one kind of CPU?
+    python results/regenerate.py --verify seed0      # rerun a cheap slice of a part: the same digits?
 
 Each part is the command a chapter of docs/ (or the README) shows a learner, run from the
 repository root with its output sent into results/: the same command with `--out results/...`.
@@ -12,17 +13,25 @@ goes, a command the docs show. MNIST comes from where the scripts look: $MNIST_D
 
 Nothing is deleted or mixed: a part whose outputs exist already is refused before anything
 runs. Move the old outputs away first (git rm -r results/NAME, or mv), then run again.
-Run the parts one after another on a quiet machine: their timings are part of the results.
+
+Two kinds of part. A timing part (TIMING) is measured in seconds that the docs compare: run it on a quiet
+machine, and all of them on one machine. Every other part is a result in digits (losses, accuracies): those
+follow the CPU's vector ISA (AVX-512, AVX2, ...), because the CPU's matrix-multiply kernels are chosen by it
+at run time (README, "Results and how they are made"), so they may be remade on any machine whose CPU has the
+same ISA, in another session, and agree to the last bit: --verify shows it.
 
 --check reads the provenance every file records (provenance.provenance: a JSON file's "provenance",
-a text file's last line, a PNG's text chunk) and fails (exit status 4) when a file records none,
-when two files name different machines, or when two files ran different contents of the same
-module: the results then do not come from one code version on one machine. It names the files.
+a text file's last line, a PNG's text chunk) and fails (exit status 4) when a file records none or belongs
+to no part, when two files ran different contents of the same module or a module that differs from its
+commit, when two digit files come from CPUs of different ISAs or under different XLA_FLAGS, or when two
+timing files come from different machines. It names the files.
 """
 import argparse
+import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -36,13 +45,21 @@ SWEEP = ("rmsprop:lr=0.00003,rho=0.9 rmsprop:lr=0.00003,rho=0.99 rmsprop:lr=0.00
          "adam:eps=1").split()
 SWEEP_SEEDS = "rmsprop:lr=0.0001,rho=0.99 rmsprop:lr=0.0002,rho=0.9 adam:lr=0.0003 adam:eps=0.001".split()
 MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_gb")  # what "one machine" means to --check
+DIGITS_KEYS = ("isa", "xla_flags")  # what makes two CPUs give the same digits (see the docstring)
+TIMING = ("train_speed", "verify_vectors", "many_machines")  # the parts whose seconds the docs compare
+STUDY = ("tune_optimizers.py --vmap --optimizers sgd adam --lrs 0.01 0.1 --seeds 0 --report-seeds 1 2 "
+         "--epochs 2").split()  # docs/A4's small study, as one process and as two
+PROCESSES = "--coordinator 127.0.0.1:12355 --num-processes 2".split()
 
 
-def step(command, out, env=None):
+def step(command, out, env=None, out_env=None, beside=()):
     """One command (a list, as the docs show it) -> the argv to run, with --out, and its --out.
 
-    env: instead of --out, an environment variable that names the output (the explorer's screenshot)."""
-    return dict(argv=command if env else command + ["--out", out], out=out, env={env: out} if env else {})
+    env: environment variables for it. out_env: instead of --out, the environment variable that names the
+    output (the explorer's screenshot). beside: commands started at the same time, which write nothing
+    (the other processes of a multi-process study)."""
+    return dict(argv=command if out_env else command + ["--out", out], out=out,
+                env=dict(env or {}, **({out_env: out} if out_env else {})), beside=[list(b) for b in beside])
 
 
 # name -> (minutes it took when it last ran, its steps): wall-clock minutes of the last regeneration, on the
@@ -67,7 +84,24 @@ PARTS = {
     "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
                              for repeat in ("", "/repeat-2", "/repeat-3")]),  # docs/A1 quotes their spread
     "explorer": (0.3, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
-                            env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
+                            out_env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
+    "many_machines": (2, [step(["python", *STUDY], "results/many_machines/one-process",  # docs/A4: 2 devices in
+                               env=dict(JAX_NUM_CPU_DEVICES="2")),                      # one process, then
+                          step(["python", *STUDY, *PROCESSES, "--process-id", "0"],      # 1 in each of 2
+                               "results/many_machines/two-processes",
+                               beside=[["python", *STUDY, *PROCESSES, "--process-id", "1"]])]),
+}
+# --verify PART: a cheap slice of the part -> (its command, with --out added, then pairs (file it writes,
+# the committed file it must equal, which entries to compare)). Seconds and provenance are never compared.
+VERIFY = {
+    "seed0": (["python", "mlp_mnist.py", "--optimizer", "sgd", "--epochs", "2"],  # 2 of the 10 epochs
+              [("metrics.json", "results/seed0/sgd/metrics.json", lambda d: d["epochs"][:2])]),
+    "rmsprop-lr1e5": (PARTS["rmsprop-lr1e5"][1][0]["argv"][:-2],
+                      [("metrics.json", "results/rmsprop-lr1e5/metrics.json", lambda d: d["epochs"])]),
+    "paths": (["python", "optimizer_paths.py"], [(name, f"results/paths/{name}", lambda d: d)
+                                                  for name in ("paths.json", "rates.json")]),
+    "step_sizes": (["python", "step_sizes.py"],
+                   [("step_sizes.json", "results/step_sizes/step_sizes.json", lambda d: d)]),
 }
 
 
@@ -85,24 +119,45 @@ def files_under(folder):
                 yield path
 
 
+def part_of(shown):
+    """results/... -> the part that writes it, or None."""
+    return next((name for name in PARTS for out in outputs(name) if shown == out or shown.startswith(out + "/")),
+                None)
+
+
+def grouped(problems, what, groups, keys):
+    """More than one group of files -> a problem line per group: "what {key: value}: N files, e.g. ..."."""
+    if len(groups) > 1:
+        for values, paths in groups.items():
+            problems.append(f"{what} {dict(zip(keys, values))}: {len(paths)} files, e.g. {paths[0]}")
+
+
 def check(folder):
-    """-> the problems of results/: files with no provenance, other machines, other code -> [line, ...]."""
-    problems, machines, modules = [], {}, {}
+    """-> the problems of results/ ([line, ...]): files with no provenance or no part, more than one code
+    version, digit files from CPUs of different ISAs (or XLA flags), timing files from different machines."""
+    problems, timing_machines, digits, modules = [], {}, {}, {}
     for path in files_under(folder):
-        shown = os.path.relpath(path, ROOT)
+        shown = os.path.join("results", os.path.relpath(path, folder))
         found = provenance.read_provenance(path)
+        part = part_of(shown)
         if not found or "code" not in found or "machine" not in found:
             problems.append(f"{shown}: records no provenance")
             continue
-        machine = tuple(found["machine"].get(key) for key in MACHINE_KEYS)
-        machines.setdefault(machine, []).append(shown)
+        if part is None:
+            problems.append(f"{shown}: no part of results/regenerate.py writes it")
+        elif part in TIMING:
+            machine = tuple(found["machine"].get(key) for key in MACHINE_KEYS)
+            timing_machines.setdefault(machine, []).append(shown)
+        elif "isa" not in found["machine"] or "xla_flags" not in found:
+            problems.append(f"{shown}: records no ISA or XLA flags (made before they were recorded)")
+        else:
+            digits.setdefault((found["machine"]["isa"], found["xla_flags"]), []).append(shown)
         for module, digest in found["code"]["files"].items():
             modules.setdefault(module, {}).setdefault(digest, []).append(shown)
         if found["code"].get("dirty"):
             problems.append(f"{shown}: ran with .py files that differ from commit {found['code']['commit']}")
-    if len(machines) > 1:
-        for machine, paths in machines.items():
-            problems.append(f"machine {dict(zip(MACHINE_KEYS, machine))}: {len(paths)} files, e.g. {paths[0]}")
+    grouped(problems, "timing files from machine", timing_machines, MACHINE_KEYS)
+    grouped(problems, "digit files from", digits, DIGITS_KEYS)
     for module, versions in modules.items():
         if len(versions) > 1:
             for digest, paths in versions.items():
@@ -111,31 +166,100 @@ def check(folder):
 
 
 def run_step(s):
-    """Run one step from the repository root -> its exit status."""
-    print("$ " + "".join(f"{k}={v} " for k, v in s["env"].items()) + " ".join(s["argv"]), flush=True)
-    return subprocess.run([sys.executable] + s["argv"][1:], cwd=ROOT, env=dict(os.environ, **s["env"])).returncode
+    """Run one step (and the commands beside it, at the same time) from the repository root -> its exit status."""
+    print("$ " + "".join(f"{k}={v} " for k, v in s["env"].items()) + " ".join(s["argv"])
+          + "".join(f" & {' '.join(b)}" for b in s["beside"]), flush=True)
+    env = dict(os.environ, **s["env"])
+    beside = [subprocess.Popen([sys.executable] + b[1:], cwd=ROOT, env=env) for b in s["beside"]]
+    code = subprocess.run([sys.executable] + s["argv"][1:], cwd=ROOT, env=env).returncode
+    codes = [b.wait() for b in beside]
+    return next((c for c in [code] + codes if c != 0), 0)
+
+
+def without(entries):
+    """JSON entries without what no two runs share: seconds and provenance (and where the output went)."""
+    if isinstance(entries, dict):
+        return {k: without(v) for k, v in entries.items()
+                if "second" not in k and k not in ("provenance", "out", "data_dir")}
+    if isinstance(entries, list):
+        return [without(v) for v in entries]
+    return entries
+
+
+def first_difference(a, b, where=""):
+    """-> where two JSON values first differ ("epochs[1].train_loss: 0.0123 != 0.0124"), or None: equal."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if key not in a or key not in b:
+                return f"{where}.{key}: only in one of them"
+            found = first_difference(a[key], b[key], f"{where}.{key}")
+            if found:
+                return found
+        return None
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return f"{where}: {len(a)} entries != {len(b)}"
+        return next((f for i, (x, y) in enumerate(zip(a, b)) if (f := first_difference(x, y, f"{where}[{i}]"))), None)
+    return None if a == b else f"{where}: {a!r} != {b!r}"
+
+
+def verify(name, root=ROOT):
+    """Rerun `name`'s slice (VERIFY) and compare it with the committed files under root, bit for bit
+    -> [committed file that differs, ...]."""
+    command, pairs = VERIFY[name]
+    here = dict(isa=provenance.provenance()["machine"]["isa"], xla_flags=os.environ.get("XLA_FLAGS"))
+    for _, committed, _ in pairs:
+        made = provenance.read_provenance(os.path.join(root, committed)) or {}
+        there = dict(isa=made.get("machine", {}).get("isa"), xla_flags=made.get("xla_flags"))
+        if there["isa"] is None:
+            exits.fail(f"{committed} records no ISA (made before it was recorded): regenerate the part first",
+                       exits.EXIT_CHECK_FAILED)
+        if there != here:
+            exits.fail(f"{committed} was made on a CPU with {there}, this one has {here}: their digits differ "
+                       f"by design; verify it on a CPU like {there['isa']}", exits.EXIT_CHECK_FAILED)
+    problems = []
+    with tempfile.TemporaryDirectory() as scratch:
+        out = os.path.join(scratch, name)
+        code = run_step(step(command, out))
+        if code != 0:
+            exits.fail(f"--verify {name}: `{' '.join(command)}` exited with {code}", code)
+        for written, committed, entries in pairs:
+            with open(os.path.join(out, written)) as f, open(os.path.join(root, committed)) as g:
+                difference = first_difference(without(entries(json.load(f))), without(entries(json.load(g))))
+            print(f"{committed}: " + ("equal, bit for bit" if difference is None else f"DIFFERS at {difference}"))
+            problems += [committed] if difference else []
+    return problems
 
 
 def main(argv=None):
     argv = provenance.record_command(__file__, argv)
     p = argparse.ArgumentParser(description="Regenerate results/ with the docs' own commands (for maintainers).",
-                                epilog="Exit status: 0 done, 2 bad input, 4 the check failed (--check), or a "
-                                       "part's own exit status.")
+                                epilog="Exit status: 0 done, 2 bad input, 4 the check failed (--check, --verify), "
+                                       "or a part's own exit status.")
     p.add_argument("parts", nargs="*", metavar="PART", help="parts to regenerate, or 'all' (see --list; default: none)")
     p.add_argument("--list", action="store_true", help="list the parts, their outputs and minutes, and stop "
                                                        "(default: off)")
-    p.add_argument("--check", action="store_true", help="check that every file of results/ records one machine "
-                                                        "and one code version, and stop (default: off)")
+    p.add_argument("--check", action="store_true", help="check that results/ comes from one code version, its digits "
+                                                        "from one ISA and its timings from one machine, and stop "
+                                                        "(default: off)")
+    p.add_argument("--verify", metavar="PART", choices=list(VERIFY), help=f"rerun a cheap slice of PART "
+                   f"({', '.join(VERIFY)}) and compare it with the committed files, bit for bit (default: off)")
     args = p.parse_args(argv)
+    if args.verify:
+        problems = verify(args.verify)
+        if problems:
+            exits.fail(f"--verify {args.verify}: {len(problems)} of the committed files differ (above)",
+                       exits.EXIT_CHECK_FAILED)
+        return
     if args.check:
         problems = check(os.path.join(ROOT, "results"))
         for line in problems:
             print(line)
         if problems:
-            exits.fail(f"results/ does not come from one code version on one machine ({len(problems)} "
-                       f"problems above)", exits.EXIT_CHECK_FAILED)
+            exits.fail(f"results/ does not come from one code version, one ISA and one timing machine "
+                       f"({len(problems)} problems above)", exits.EXIT_CHECK_FAILED)
         files = list(files_under(os.path.join(ROOT, "results")))
-        print(f"{len(files)} files: one machine, one code version")
+        print(f"{len(files)} files: one code version, the digits from one ISA, the timings from one machine")
         return
     if args.list or not args.parts:
         for name, (minutes, steps) in PARTS.items():

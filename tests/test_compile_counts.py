@@ -174,9 +174,9 @@ import jax, jax.numpy as jnp, numpy as np
 import many_models, mnist_data, optimized_sgd
 name, count, n, batch = "adam", 4, 256, 64
 per_model, shared, padded = many_models.model_shardings(count)
-hyper = jax.device_put({k: np.full(padded, v, np.float32) for k, v in optimized_sgd.hyperparameters(name).items()},
-                       per_model)
-state = jax.jit(many_models.initial_states, static_argnums=0, out_shardings=per_model)(name, hyper, jnp.arange(padded))
+hyper = {k: np.full(padded, v, np.float32) for k, v in optimized_sgd.hyperparameters(name).items()}
+state = jax.device_put(many_models.initial_states(name, hyper, range(padded)), per_model)
+hyper = jax.device_put(hyper, per_model)
 images = jax.ShapeDtypeStruct((n, 28, 28), jnp.uint8, sharding=shared)
 labels = jax.ShapeDtypeStruct((n,), jnp.uint8, sharding=shared)
 orders = jax.ShapeDtypeStruct((padded, n), jnp.int32, sharding=per_model)
