@@ -1,9 +1,11 @@
 """How close does mlp_mnist.py's training epoch come to what the hardware allows?
 
-    python benchmarks/train_speed.py                 # about 8 minutes on 2 cores; writes runs/train_speed/
+    python benchmarks/train_speed.py                 # about 15 minutes on 2 cores; writes runs/train_speed/
     python benchmarks/train_speed.py --timed-epochs 2 --vmap-models 3
 
-Measured in one run, so that the ratios are fair on a noisy machine:
+Measured in one run, so that the ratios are fair on a noisy machine. The training paths (2, 3, 4, 6) are timed
+in --rounds rounds, each round running them in a random order; each ratio is taken within a round and reported
+as the median over the rounds with their range:
 1. The float32 matmul rate XLA reaches at each of the network's own matmul shapes (measured
    --rate-repeats times, spread apart over the run) and at 2048x2048x2048, and the floor each
    implies: the seconds one epoch's matmuls need at those rates.
@@ -28,6 +30,7 @@ import argparse
 import functools
 import json
 import os
+import random
 import resource
 import statistics
 import sys
@@ -139,6 +142,11 @@ def evaluation_seconds(train_set, test_set, chunk, repeats):
         mlp_mnist.EVAL_CHUNK = default
 
 
+RATIOS = (("DataLoader path / device loader", "DataLoader path", "device loader"),
+          ("PyTorch / device loader", "PyTorch", "device loader"),
+          ("PyTorch / DataLoader path", "PyTorch", "DataLoader path"))
+
+
 def spread(values):
     """-> dict(median, min, max) of a list of numbers."""
     return dict(median=statistics.median(values), min=min(values), max=max(values))
@@ -174,18 +182,13 @@ def measure(args, train_set, test_set, result, say):
             raise KeyboardInterrupt  # the loop caught Ctrl-C; this measurement is not whole: stop here
         return [r[key] for r in run["records"][1:]]  # epoch 1 is not timed: it warms caches and the allocator
 
-    say(f"\nthe DataLoader path (mlp_mnist.train, sgd, {args.timed_epochs} timed epochs after one untimed) ...")
-    run = mlp_mnist.train(config, train_set, test_set, log=quiet)
-    result.update(torch_loader_epoch_s=spread(epochs_of(run)),
-                  torch_loader_eval_s=spread(epochs_of(run, "eval_seconds")),
-                  first_compile_s=run["compile_seconds"])
-    say("the same run again, another lr and seed: its compile seconds ...")
-    again = mlp_mnist.train(dict(config, lr=0.02, seed=1, epochs=1), train_set, test_set, log=quiet)
-    epochs_of(again)  # (interrupted?)
-    result["second_compile_s"] = again["compile_seconds"]
-    say("the device loader ...")
-    run = mlp_mnist.train(dict(config, loader="device"), train_set, test_set, log=quiet)
-    result.update(device_epoch_s=spread(epochs_of(run)), device_compile_s=run["compile_seconds"])
+    say("compiling: a first run of one epoch, then another lr and seed, then the device loader ...")
+    result["first_compile_s"] = mlp_mnist.train(dict(config, epochs=1), train_set, test_set, log=quiet)[
+        "compile_seconds"]
+    result["second_compile_s"] = mlp_mnist.train(dict(config, lr=0.02, seed=1, epochs=1), train_set, test_set,
+                                                 log=quiet)["compile_seconds"]
+    result["device_compile_s"] = mlp_mnist.train(dict(config, loader="device", epochs=1), train_set, test_set,
+                                                 log=quiet)["compile_seconds"]
     say("the DataLoader alone: one epoch of its batches, no training ...")
     loader = mnist_data.train_loader(train_set, BATCH, seed=0)
     result["loader_alone_epoch_s"] = stats.median_seconds(
@@ -193,18 +196,47 @@ def measure(args, train_set, test_set, result, say):
 
     held_out = n // VAL_SHARE
     fifty, val_set = train_set.rows(0, n - held_out), train_set.rows(n - held_out, n)
-    say(f"one model and many models (many_models.py) on the same {len(fifty):,} images ...")
-    run = mlp_mnist.train(dict(config, loader="device", val_size=held_out), fifty, test_set, val_set, log=quiet)
-    result["vmap"] = dict(images=len(fifty), one_model_epoch_s=spread(epochs_of(run)), models={})
+    # Each path is timed once per round, the paths of a round in a random order (seeded by the round), so that
+    # a machine that slows down or speeds up over the run does not favour the path that always runs first; every
+    # ratio is taken within a round and reported as the median over the rounds, with their range.
+    tasks = {"DataLoader path": lambda: mlp_mnist.train(config, train_set, test_set, log=quiet),
+             "device loader": lambda: mlp_mnist.train(dict(config, loader="device"), train_set, test_set, log=quiet),
+             "PyTorch": lambda: pytorch_epochs(train_set.data.numpy(), train_set.targets.numpy(),
+                                               test_set.data.numpy(), args.timed_epochs + 1, args.pytorch_threads),
+             "one model": lambda: mlp_mnist.train(dict(config, loader="device", val_size=held_out), fifty, test_set,
+                                                  val_set, log=quiet)}
     for count in args.vmap_models:
-        runs = many_models.train_many([dict(config, seed=seed, val_size=held_out) for seed in range(count)], fifty,
-                                      test_set, val_set, log=quiet)
-        per_model = [s / count for s in epochs_of(runs[0])]
+        tasks[f"{count} models"] = functools.partial(
+            lambda count: many_models.train_many([dict(config, seed=seed, val_size=held_out) for seed in range(count)],
+                                                 fifty, test_set, val_set, log=quiet)[0], count)
+    epochs, evals, result["rounds"] = {task: [] for task in tasks}, {task: [] for task in tasks}, []
+    for index in range(args.rounds):
+        order = list(tasks)
+        random.Random(index).shuffle(order)
+        say(f"round {index + 1} of {args.rounds}, {args.timed_epochs} timed epochs each after one untimed: "
+            + ", ".join(order) + " ...")
+        medians = {}
+        for task in order:
+            done = tasks[task]()
+            if task == "PyTorch":
+                times, eval_times = done[0][1:], done[1][1:]
+            else:
+                times, eval_times = epochs_of(done), epochs_of(done, "eval_seconds")
+            epochs[task] += times
+            evals[task] += eval_times
+            medians[task] = statistics.median(times)
+        result["rounds"].append(dict(order=order, median_epoch_s=medians))
+    result.update(torch_loader_epoch_s=spread(epochs["DataLoader path"]),
+                  torch_loader_eval_s=spread(evals["DataLoader path"]), device_epoch_s=spread(epochs["device loader"]),
+                  pytorch_epoch_s=spread(epochs["PyTorch"]), pytorch_eval_s=spread(evals["PyTorch"]),
+                  pytorch_threads=args.pytorch_threads)
+    result["vmap"] = dict(images=len(fifty), one_model_epoch_s=spread(epochs["one model"]), models={})
+    for count in args.vmap_models:
+        per_model = [s / count for s in epochs[f"{count} models"]]
         result["vmap"]["models"][str(count)] = dict(
-            epoch_s=spread(epochs_of(runs[0])), per_model_epoch_s=spread(per_model),
-            per_model_over_one=statistics.median(per_model) / result["vmap"]["one_model_epoch_s"]["median"],
-            compile_s=runs[0]["compile_seconds"])
-        say(f"  {count} models: per model {statistics.median(per_model):.3f} s an epoch")
+            epoch_s=spread(epochs[f"{count} models"]), per_model_epoch_s=spread(per_model),
+            per_model_over_one=spread([r["median_epoch_s"][f"{count} models"] / count / r["median_epoch_s"]["one model"]
+                                       for r in result["rounds"]]))
 
     say(f"evaluation of {n_eval:,} images in chunks of {mlp_mnist.EVAL_CHUNK:,} and of 10,000 ...")
     result["eval_chunk_s"] = {str(chunk): evaluation_seconds(train_set, test_set, chunk, args.timed_epochs)
@@ -223,13 +255,12 @@ def measure(args, train_set, test_set, result, say):
         steps = n / BATCH
         result["shape_floor_epoch_s"] = dict(median=floor * steps, min=lowest * steps, max=highest * steps)
         result["floor_2048_epoch_s"] = result["epoch_gflop"] / result["matmul_2048_gflops"]
+    result["ratios"] = {name: spread([r["median_epoch_s"][a] / r["median_epoch_s"][b] for r in result["rounds"]])
+                        for name, a, b in RATIOS}
+    if "shape_floor_epoch_s" in result:
+        result["ratios"]["device loader / shape floor"] = spread(
+            [r["median_epoch_s"]["device loader"] / result["shape_floor_epoch_s"]["median"] for r in result["rounds"]])
     result["peak_memory_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
-def ratio(result, a, b):
-    """The ratio of two median times of `result`, with the range from the fastest and slowest epochs."""
-    x, y = result[a], result[b]
-    return f"{x['median'] / y['median']:.2f}x (range {x['min'] / y['max']:.2f} to {x['max'] / y['min']:.2f})"
 
 
 def table(result):
@@ -255,18 +286,17 @@ def table(result):
     if "shape_floor_epoch_s" in r:
         lines += [f"  shape floor (each matmul at its own rate): {seconds('shape_floor_epoch_s', 'from the rates')}",
                   f"  2048 floor (every matmul at the 2048 rate): {r['floor_2048_epoch_s']:.3f} s"]
-    lines += ["", "ratios measured in this run:",
-              f"  DataLoader path / device loader: {ratio(r, 'torch_loader_epoch_s', 'device_epoch_s')}",
-              f"  PyTorch / device loader:         {ratio(r, 'pytorch_epoch_s', 'device_epoch_s')}",
-              f"  PyTorch / DataLoader path:       {ratio(r, 'pytorch_epoch_s', 'torch_loader_epoch_s')}"]
-    if "shape_floor_epoch_s" in r:
-        lines.append(f"  device loader / shape floor:     {ratio(r, 'device_epoch_s', 'shape_floor_epoch_s')}")
+    lines += ["", f"ratios of median epochs, each within one round; the median over {len(r['rounds'])} rounds, the "
+                  f"paths of each in a random order (the rounds' range):"]
+    lines += [f"  {name + ':':<33}{v['median']:.2f}x  (rounds: {v['min']:.2f} - {v['max']:.2f})"
+              for name, v in r["ratios"].items()]
     lines += ["", f"many models as one program, on {r['vmap']['images']:,} images: one model's device epoch "
                   f"{r['vmap']['one_model_epoch_s']['median']:.3f} s"]
     for count, v in r["vmap"]["models"].items():
+        x = v["per_model_over_one"]
         lines.append(f"  {count:>3} models: {v['epoch_s']['median']:.3f} s an epoch, "
-                     f"{v['per_model_epoch_s']['median']:.3f} s "
-                     f"per model = {v['per_model_over_one']:.2f}x one model's; compiled in {v['compile_s']:.2f} s")
+                     f"{v['per_model_epoch_s']['median']:.3f} s per model = {x['median']:.2f}x one model's "
+                     f"(rounds: {x['min']:.2f} - {x['max']:.2f})")
     lines += ["", f"compile seconds: first run {r['first_compile_s']:.3f}, a second run with another lr and seed "
                   f"{r['second_compile_s']:.3f}, the device epoch {r['device_compile_s']:.3f}",
               f"evaluation of {r['eval_images']:,} images: " + ", ".join(f"chunks of {int(c):,}: {s:.3f} s"
@@ -288,6 +318,9 @@ def main(argv=None):
     p.add_argument("--vmap-models", type=cli.positive_int, nargs="+", default=[3, 10], metavar="S",
                    help="how many models to train as one program, each count timed against one model "
                         "(default: 3 10)")
+    p.add_argument("--rounds", type=cli.positive_int, default=3,
+                   help="how many times each path is timed, in a random order each round; every ratio is the median "
+                        "over the rounds (default: %(default)s)")
     p.add_argument("--pytorch-threads", type=cli.positive_int, default=os.cpu_count(),
                    help="threads of the PyTorch baseline (default: all cores, %(default)s)")
     cli.add_flags(p, "--data-dir", "--json", "--out")

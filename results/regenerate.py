@@ -111,11 +111,13 @@ def outputs(name):
 
 
 def files_under(folder):
-    """Every file under `folder` (results/), but this script."""
-    for parent, _, names in os.walk(folder):
+    """Every file under `folder` (results/) that is committed: not this script, nor what .gitignore keeps out
+    (checkpoints and models: *.npz, checkpoints/)."""
+    for parent, folders, names in os.walk(folder):
+        folders[:] = sorted(f for f in folders if f not in ("__pycache__", "checkpoints"))
         for name in sorted(names):
             path = os.path.join(parent, name)
-            if os.path.abspath(path) != os.path.abspath(__file__) and "__pycache__" not in path:
+            if os.path.abspath(path) != os.path.abspath(__file__) and not name.endswith(".npz"):
                 yield path
 
 

@@ -31,6 +31,9 @@ def consistent(folder):
     write(folder, "tuning/summary.json", XEON)  # another machine, the same ISA: the same digits
     write(folder, "train_speed/results.json", XEON, isa="AVX-512")
     write(folder, "verify_vectors/results.json", XEON, isa="AVX-512")
+    (folder / "seed0" / "sgd" / "model.npz").write_bytes(b"not committed (.gitignore): no provenance read")
+    (folder / "tuning" / "checkpoints").mkdir()
+    (folder / "tuning" / "checkpoints" / "sgd.npz").write_bytes(b"neither")
 
 
 def test_check_passes_digits_from_one_isa_and_timings_from_one_machine(tmp_path):

@@ -56,7 +56,8 @@ def small_run(fake_dir, tmp_path_factory):
     real_rate = train_speed.matmul_rate
     train_speed.matmul_rate = lambda m, k, n, seconds=0: real_rate(m, k, n, seconds=0.01)  # a rough rate is enough here
     try:
-        train_speed.main(["--timed-epochs", "1", "--vmap-models", "2", "--data-dir", fake_dir, "--out", str(out)])
+        train_speed.main(["--timed-epochs", "1", "--vmap-models", "2", "--rounds", "3", "--data-dir", fake_dir,
+                          "--out", str(out)])
     finally:
         train_speed.matmul_rate = real_rate
     return json.loads((out / "train_speed.json").read_text()), (out / "table.txt").read_text()
@@ -65,13 +66,19 @@ def small_run(fake_dir, tmp_path_factory):
 def test_a_whole_run_reports_what_its_times_say(small_run):
     result, table = small_run
     assert result["status"] == "completed" and result["train_images"] == 300
-    median = lambda key: result[key]["median"]  # noqa: E731
-    assert f"{median('torch_loader_epoch_s') / median('device_epoch_s'):.2f}x" in table
-    assert f"{median('pytorch_epoch_s') / median('device_epoch_s'):.2f}x" in table
+    rounds = result["rounds"]
+    assert len(rounds) == 3 and len({tuple(r["order"]) for r in rounds}) > 1  # each round its own random order
+    for name, a, b in train_speed.RATIOS:
+        per_round = sorted(r["median_epoch_s"][a] / r["median_epoch_s"][b] for r in rounds)
+        assert result["ratios"][name] == dict(median=per_round[1], min=per_round[0], max=per_round[2])
+        assert f"{name + ':':<33}{per_round[1]:.2f}x  (rounds: {per_round[0]:.2f} - {per_round[2]:.2f})" in table
     two = result["vmap"]["models"]["2"]
     assert two["per_model_epoch_s"]["median"] == pytest.approx(two["epoch_s"]["median"] / 2)
-    assert two["per_model_over_one"] == pytest.approx(two["per_model_epoch_s"]["median"]
-                                                      / result["vmap"]["one_model_epoch_s"]["median"])
+    per_round = sorted(r["median_epoch_s"]["2 models"] / 2 / r["median_epoch_s"]["one model"] for r in rounds)
+    assert two["per_model_over_one"] == dict(median=per_round[1], min=per_round[0], max=per_round[2])
+    floor = result["shape_floor_epoch_s"]["median"]
+    assert result["ratios"]["device loader / shape floor"]["median"] == pytest.approx(
+        sorted(r["median_epoch_s"]["device loader"] for r in rounds)[1] / floor)
     assert result["vmap"]["images"] == 250  # the last sixth held out, as in docs/07
     rates = result["matmul_gflops"]
     floor = sum(2 * m * k * n / (1e9 * rates[name]["median"]) for name, m, k, n in train_speed.matmul_shapes())
