@@ -18,7 +18,8 @@ Two kinds of part. A timing part (TIMING) is measured in seconds that the docs c
 machine, and all of them on one machine. Every other part is a result in digits (losses, accuracies): those
 follow the CPU's vector ISA (AVX-512, AVX2, ...), because the CPU's matrix-multiply kernels are chosen by it
 at run time (README, "Results and how they are made"), so they may be remade on any machine whose CPU has the
-same ISA, in another session, and agree to the last bit: --verify shows it.
+same ISA, in another session, and agree to the last bit: --verify shows it. (host_digits, made on this CPU and
+on an emulated one, shows which operations differ.)
 
 --check reads the provenance every file records (provenance.provenance: a JSON file's "provenance",
 a text file's last line, a PNG's text chunk) and fails (exit status 4) when a file records none or belongs
@@ -47,6 +48,7 @@ SWEEP_SEEDS = "rmsprop:lr=0.0001,rho=0.99 rmsprop:lr=0.0002,rho=0.9 adam:lr=0.00
 MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_gb")  # what "one machine" means to --check
 DIGITS_KEYS = ("isa", "xla_flags")  # what makes two CPUs give the same digits (see the docstring)
 TIMING = ("train_speed", "verify_vectors", "many_machines")  # the parts whose seconds the docs compare
+HOSTS = ("host_digits",)  # the parts made on two CPUs on purpose (one emulated): no one-ISA rule for them
 STUDY = ("tune_optimizers.py --vmap --optimizers sgd adam --lrs 0.01 0.1 --seeds 0 --report-seeds 1 2 "
          "--epochs 2").split()  # docs/A4's small study, as one process and as two
 PROCESSES = "--coordinator 127.0.0.1:12355 --num-processes 2".split()
@@ -85,6 +87,11 @@ PARTS = {
                              for repeat in ("", "/repeat-2", "/repeat-3")]),  # docs/A1 quotes their spread
     "explorer": (0.3, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
                             out_env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
+    "host_digits": (3.5, [step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu"),  # README
+                          step(["python", "benchmarks/host_digits.py", "--emulate", "EPYC-Rome"],
+                               "results/host_digits/epyc-rome"),
+                          step(["python", "benchmarks/host_digits.py", "--compare", "results/host_digits/this-cpu",
+                                "results/host_digits/epyc-rome"], "results/host_digits/comparison")]),
     "many_machines": (2, [step(["python", *STUDY], "results/many_machines/one-process",  # docs/A4: 2 devices in
                                env=dict(JAX_NUM_CPU_DEVICES="2")),                      # one process, then
                           step(["python", *STUDY, *PROCESSES, "--process-id", "0"],      # 1 in each of 2
@@ -147,6 +154,8 @@ def check(folder):
             continue
         if part is None:
             problems.append(f"{shown}: no part of results/regenerate.py writes it")
+        elif part in HOSTS:
+            pass  # two CPUs on purpose
         elif part in TIMING:
             machine = tuple(found["machine"].get(key) for key in MACHINE_KEYS)
             timing_machines.setdefault(machine, []).append(shown)
