@@ -88,10 +88,15 @@ PARTS = {
     "explorer": (0.3, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
                             out_env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
     "host_digits": (3.5, [step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu"),  # README
+                          step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu-pinned",
+                               env=dict(XLA_FLAGS="--xla_cpu_max_isa=AVX2")),
                           step(["python", "benchmarks/host_digits.py", "--emulate", "EPYC-Rome"],
                                "results/host_digits/epyc-rome"),
                           step(["python", "benchmarks/host_digits.py", "--compare", "results/host_digits/this-cpu",
-                                "results/host_digits/epyc-rome"], "results/host_digits/comparison")]),
+                                "results/host_digits/epyc-rome"], "results/host_digits/comparison"),
+                          step(["python", "benchmarks/host_digits.py", "--compare",
+                                "results/host_digits/this-cpu-pinned", "results/host_digits/epyc-rome"],
+                               "results/host_digits/comparison-pinned")]),
     "many_machines": (2, [step(["python", *STUDY], "results/many_machines/one-process",  # docs/A4: 2 devices in
                                env=dict(JAX_NUM_CPU_DEVICES="2")),                      # one process, then
                           step(["python", *STUDY, *PROCESSES, "--process-id", "0"],      # 1 in each of 2

@@ -136,11 +136,15 @@ def test_a_missing_flag_is_caught(monkeypatch):
 
 
 def without_output(argv):
-    """argv without its --out DIR: where a command writes is all that regenerate changes."""
+    """argv without its --out DIR, and with --compare's two folders as "A" and "B": where a command writes, and
+    so where a later one reads it, is all that regenerate changes."""
     argv = list(argv)
     if "--out" in argv:
         i = argv.index("--out")
         del argv[i:i + 2]
+    if "--compare" in argv:
+        i = argv.index("--compare")
+        argv[i + 1:i + 3] = ["A", "B"]
     return argv
 
 
