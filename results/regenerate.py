@@ -65,29 +65,29 @@ def step(command, out, env=None, out_env=None, beside=()):
 
 
 # name -> (minutes it took when it last ran, its steps): wall-clock minutes of the last regeneration, on the
-# machine its files name (sharpness and train_speed: a 2-core Intel Xeon; the rest: a 2-core AMD EPYC; seed0's
-# minutes are its five runs' own seconds plus their start-up, as its log was not kept).
+# 2-core AMD EPYC its files name, with other work beside it (tests, an emulator), so a quiet machine is faster;
+# tuning, train_speed (a 2-core Intel Xeon), verify_vectors and many_machines: their earlier regeneration.
 PARTS = {
-    "seed0": (3, [step(["python", "mlp_mnist.py", "--optimizer", name], f"results/seed0/{name}")
+    "seed0": (6.5, [step(["python", "mlp_mnist.py", "--optimizer", name], f"results/seed0/{name}")
                   for name in OPTIMIZERS]),
     "rmsprop-lr1e5": (0.3, [step("python mlp_mnist.py --optimizer rmsprop --lr 100000 --epochs 2 --train-subset 6000"
                                  .split(), "results/rmsprop-lr1e5")]),
-    "comparison": (8.3, [step(["python", "compare_optimizers.py"], "results/comparison")]),
+    "comparison": (12.5, [step(["python", "compare_optimizers.py"], "results/comparison")]),
     "comparison-vmap": (7.3, [step(["python", "compare_optimizers.py", "--vmap"], "results/comparison-vmap")]),
-    "comparison-device": (6.6, [step(["python", "compare_optimizers.py", "--loader", "device"],
+    "comparison-device": (7.3, [step(["python", "compare_optimizers.py", "--loader", "device"],
                                    "results/comparison-device")]),  # docs/04: the loader apart from vmap
-    "sweep": (5.9, [step(["python", "compare_optimizers.py", "--configs", *SWEEP, "--seeds", "0"], "results/sweep")]),
-    "sweep-seeds": (4.7, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
-    "step_sizes": (0.3, [step(["python", "step_sizes.py"], "results/step_sizes")]),
-    "paths": (0.1, [step(["python", "optimizer_paths.py"], "results/paths")]),
-    "sharpness": (9.8, [step(["python", "sharpness.py"], "results/sharpness")]),
+    "sweep": (5.7, [step(["python", "compare_optimizers.py", "--configs", *SWEEP, "--seeds", "0"], "results/sweep")]),
+    "sweep-seeds": (4.9, [step(["python", "compare_optimizers.py", "--configs", *SWEEP_SEEDS], "results/sweep-seeds")]),
+    "step_sizes": (0.6, [step(["python", "step_sizes.py"], "results/step_sizes")]),
+    "paths": (0.3, [step(["python", "optimizer_paths.py"], "results/paths")]),
+    "sharpness": (5.1, [step(["python", "sharpness.py"], "results/sharpness")]),
     "tuning": (63.4, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
     "train_speed": (6.4, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
     "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
                              for repeat in ("", "/repeat-2", "/repeat-3")]),  # docs/A1 quotes their spread
-    "explorer": (0.3, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
+    "explorer": (0.5, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
                             out_env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
-    "host_digits": (3.5, [step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu"),  # README
+    "host_digits": (2.8, [step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu"),  # README
                           step(["python", "benchmarks/host_digits.py"], "results/host_digits/this-cpu-pinned",
                                env=dict(XLA_FLAGS="--xla_cpu_max_isa=AVX2")),
                           step(["python", "benchmarks/host_digits.py", "--emulate", "EPYC-Rome"],
