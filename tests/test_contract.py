@@ -105,7 +105,7 @@ LATER = {  # script -> (module, attribute, calls before the interrupt, file, che
     "verify_vectors.py": (verify_vectors, "measure_size", 1, "results.json",  # size 100 timed, 200 not
                           lambda d: d["status"] == "partial" and [r["size"] for r in d["results"]] == [100]),
     "benchmarks/train_speed.py": (train_speed.many_models, "train_many", 0, "train_speed.json",
-                                  lambda d: d["status"] == "partial" and "device_epoch_s" in d),
+                                  lambda d: d["status"] == "partial" and "loader_alone_epoch_s" in d),
     "benchmarks/train_speed.py, in a training epoch": (
         mlp_mnist, "train_step", 4, "train_speed.json",  # the loop catches it: the benchmark must still stop
         lambda d: d["status"] == "partial" and "matmul_gflops" in d and "torch_loader_epoch_s" not in d),
