@@ -223,7 +223,7 @@ def verify(name, root=ROOT):
     """Rerun `name`'s slice (VERIFY) and compare it with the committed files under root, bit for bit
     -> [committed file that differs, ...]."""
     command, pairs = VERIFY[name]
-    here = dict(isa=provenance.provenance()["machine"]["isa"], xla_flags=os.environ.get("XLA_FLAGS"))
+    here = dict(isa=provenance.vector_isa(provenance.machine()["cpu_flags"]), xla_flags=os.environ.get("XLA_FLAGS"))
     for _, committed, _ in pairs:
         made = provenance.read_provenance(os.path.join(root, committed)) or {}
         there = dict(isa=made.get("machine", {}).get("isa"), xla_flags=made.get("xla_flags"))
