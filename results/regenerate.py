@@ -23,11 +23,12 @@ on an emulated one, shows which operations differ.)
 
 --check reads the provenance every file records (provenance.provenance: a JSON file's "provenance",
 a text file's last line, a PNG's text chunk) and fails (exit status 4) when a file records none or belongs
-to no part, when two files ran different contents of the same module or a module that differs from its
-commit, when two digit files come from CPUs of different ISAs or under different XLA_FLAGS, or when two
-timing files come from different machines. It names the files.
+to no part, when two files ran different contents of the same module, a module that differs from its
+commit or from the tree's file now, when two digit files come from CPUs of different ISAs or under
+different XLA_FLAGS, or when two timing files come from different machines. It names the files.
 """
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -45,6 +46,9 @@ SWEEP = ("rmsprop:lr=0.00003,rho=0.9 rmsprop:lr=0.00003,rho=0.99 rmsprop:lr=0.00
          "rmsprop:lr=0.001,rho=0.99 adam:lr=0.0003 adam:lr=0.0001 adam:lr=0.00003 adam:eps=0.0001 adam:eps=0.01 "
          "adam:eps=1").split()
 SWEEP_SEEDS = "rmsprop:lr=0.0001,rho=0.99 rmsprop:lr=0.0002,rho=0.9 adam:lr=0.0003 adam:eps=0.001".split()
+TUNED = ("sgd:lr=0.1 momentum:lr=0.0316227766 nesterov:lr=0.01 rmsprop:lr=0.0003162278 adam:lr=3.16228e-05 "
+         "adam:lr=0.001,eps=0.01").split()  # the settings results/tuning selected: its report, one model at a time
+REPORT_SEEDS = [str(seed) for seed in range(3, 13)]
 MACHINE_KEYS = ("cpu_model", "cpu_count", "memory_gb")  # what "one machine" means to --check
 DIGITS_KEYS = ("isa", "xla_flags")  # what makes two CPUs give the same digits (see the docstring)
 TIMING = ("train_speed", "verify_vectors", "many_machines")  # the parts whose seconds the docs compare
@@ -65,8 +69,8 @@ def step(command, out, env=None, out_env=None, beside=()):
 
 
 # name -> (minutes it took when it last ran, its steps): wall-clock minutes of the last regeneration, on the
-# 2-core AMD EPYC its files name, with other work beside it (tests, an emulator), so a quiet machine is faster;
-# tuning, train_speed (a 2-core Intel Xeon), verify_vectors and many_machines: their earlier regeneration.
+# 2-core AMD EPYC its files name, most parts with other work beside them (tests, an emulator), so a quiet
+# machine is faster; the timing parts (TIMING) and tuning-one-at-a-time ran alone.
 PARTS = {
     "seed0": (6.5, [step(["python", "mlp_mnist.py", "--optimizer", name], f"results/seed0/{name}")
                   for name in OPTIMIZERS]),
@@ -81,9 +85,12 @@ PARTS = {
     "step_sizes": (0.6, [step(["python", "step_sizes.py"], "results/step_sizes")]),
     "paths": (0.3, [step(["python", "optimizer_paths.py"], "results/paths")]),
     "sharpness": (5.1, [step(["python", "sharpness.py"], "results/sharpness")]),
-    "tuning": (63.4, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
-    "train_speed": (6.4, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
-    "verify_vectors": (1.2, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
+    "tuning": (73.2, [step(["python", "tune_optimizers.py", "--vmap"], "results/tuning")]),
+    "tuning-one-at-a-time": (20, [step(["python", "compare_optimizers.py", "--configs", *TUNED, "--seeds",
+                                        *REPORT_SEEDS, "--val-size", "10000", "--loader", "device"],
+                                       "results/tuning-one-at-a-time")]),  # docs/06: the program's share
+    "train_speed": (8.5, [step(["python", "benchmarks/train_speed.py"], "results/train_speed")]),
+    "verify_vectors": (1.3, [step(["python", "verify_vectors.py"], f"results/verify_vectors{repeat}")  # 3 runs:
                              for repeat in ("", "/repeat-2", "/repeat-3")]),  # docs/A1 quotes their spread
     "explorer": (0.5, [step("python -m pytest tests/test_explorer.py -k browser".split(), "results/explorer.png",
                             out_env="EXPLORER_SCREENSHOT")]),  # docs/03's screenshot of docs/explorer.html
@@ -97,7 +104,7 @@ PARTS = {
                           step(["python", "benchmarks/host_digits.py", "--compare",
                                 "results/host_digits/this-cpu-pinned", "results/host_digits/epyc-rome"],
                                "results/host_digits/comparison-pinned")]),
-    "many_machines": (2, [step(["python", *STUDY], "results/many_machines/one-process",  # docs/A4: 2 devices in
+    "many_machines": (1.8, [step(["python", *STUDY], "results/many_machines/one-process",  # docs/A4: 2 devices in
                                env=dict(JAX_NUM_CPU_DEVICES="2")),                      # one process, then
                           step(["python", *STUDY, *PROCESSES, "--process-id", "0"],      # 1 in each of 2
                                "results/many_machines/two-processes",
@@ -146,9 +153,20 @@ def grouped(problems, what, groups, keys):
             problems.append(f"{what} {dict(zip(keys, values))}: {len(paths)} files, e.g. {paths[0]}")
 
 
-def check(folder):
+def tree_digest(root, module):
+    """`module` (a path under root) as the tree has it now -> the digest provenance would record, or None: gone."""
+    path = os.path.join(root, module)
+    if not os.path.isfile(path):
+        return None
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read()).hexdigest()[:16]
+
+
+def check(folder, root=None):
     """-> the problems of results/ ([line, ...]): files with no provenance or no part, more than one code
-    version, digit files from CPUs of different ISAs (or XLA flags), timing files from different machines."""
+    version, a version that is not the code of the tree at root (default: folder's parent), digit files from
+    CPUs of different ISAs (or XLA flags), timing files from different machines."""
+    root = os.path.dirname(os.path.abspath(folder)) if root is None else root
     problems, timing_machines, digits, modules = [], {}, {}, {}
     for path in files_under(folder):
         shown = os.path.join("results", os.path.relpath(path, folder))
@@ -178,6 +196,11 @@ def check(folder):
         if len(versions) > 1:
             for digest, paths in versions.items():
                 problems.append(f"{module} at {digest}: {len(paths)} files, e.g. {', '.join(paths[:2])}")
+        now = tree_digest(root, module)
+        for digest, paths in versions.items():
+            if digest != now:
+                problems.append(f"{module}: {len(paths)} files ran it at {digest}, e.g. {paths[0]}, but the tree's is "
+                                + (f"at {now}" if now else "gone") + ": regenerate them")
     return problems
 
 

@@ -1,4 +1,5 @@
 """results/regenerate.py: --check's rules on made-up provenance, and --verify on a real (cheap) part."""
+import hashlib
 import json
 import os
 import sys
@@ -15,7 +16,19 @@ EPYC = dict(cpu_model="AMD EPYC", cpu_count=2, memory_gb=23.5)
 XEON = dict(cpu_model="Intel Xeon", cpu_count=2, memory_gb=23.5)
 
 
-def write(folder, path, machine, isa="AVX2", xla_flags=None, digest="aaaa", dirty=False, **extra):
+TREE = b"def model(): ...\n"  # the tree's mlp_mnist.py, in a made-up repository beside the made-up results/
+TREE_DIGEST = hashlib.sha256(TREE).hexdigest()[:16]
+
+
+@pytest.fixture
+def results(tmp_path):
+    """A made-up repository: its mlp_mnist.py, and the (empty) results/ folder beside it."""
+    (tmp_path / "mlp_mnist.py").write_bytes(TREE)
+    (tmp_path / "results").mkdir()
+    return tmp_path / "results"
+
+
+def write(folder, path, machine, isa="AVX2", xla_flags=None, digest=TREE_DIGEST, dirty=False, **extra):
     """A JSON file under folder (results/) whose provenance names this machine, ISA and code."""
     full = folder / path
     full.parent.mkdir(parents=True, exist_ok=True)
@@ -36,9 +49,9 @@ def consistent(folder):
     (folder / "tuning" / "checkpoints" / "sgd.npz").write_bytes(b"neither")
 
 
-def test_check_passes_digits_from_one_isa_and_timings_from_one_machine(tmp_path):
-    consistent(tmp_path)
-    assert regenerate.check(str(tmp_path)) == []
+def test_check_passes_digits_from_one_isa_and_timings_from_one_machine(results):
+    consistent(results)
+    assert regenerate.check(str(results)) == []
 
 
 @pytest.mark.parametrize("change, expected", [
@@ -46,25 +59,28 @@ def test_check_passes_digits_from_one_isa_and_timings_from_one_machine(tmp_path)
     (lambda f: write(f, "sweep/summary.json", EPYC, xla_flags="--xla_cpu_max_isa=AVX"), "'xla_flags': '--xla"),
     (lambda f: write(f, "train_speed/table.json", EPYC, isa="AVX-512"), "timing files from machine"),
     (lambda f: write(f, "paths/paths.json", EPYC, digest="bbbb"), "mlp_mnist.py at bbbb: 1 files"),
+    (lambda f: (f.parent / "mlp_mnist.py").write_text("def model(): return 1\n"),  # every file agrees, but on
+     "mlp_mnist.py: 4 files ran it at " + TREE_DIGEST),                          # code the tree has changed
+    (lambda f: (f.parent / "mlp_mnist.py").unlink(), "but the tree's is gone"),
     (lambda f: write(f, "paths/paths.json", EPYC, dirty=True), "differ from commit c0ffee"),
     (lambda f: write(f, "old-study/summary.json", EPYC), "results/old-study/summary.json: no part"),
     (lambda f: (f / "paths").mkdir() or (f / "paths" / "notes.txt").write_text("no provenance\n"),
      "results/paths/notes.txt: records no provenance"),
 ])
-def test_check_names_each_kind_of_problem(tmp_path, change, expected):
-    consistent(tmp_path)
-    change(tmp_path)
-    problems = regenerate.check(str(tmp_path))
+def test_check_names_each_kind_of_problem(results, change, expected):
+    consistent(results)
+    change(results)
+    problems = regenerate.check(str(results))
     assert any(expected in line for line in problems), problems
 
 
-def test_a_file_made_before_the_isa_was_recorded_fails_the_check(tmp_path):
-    consistent(tmp_path)
-    path = tmp_path / "seed0" / "sgd" / "metrics.json"
+def test_a_file_made_before_the_isa_was_recorded_fails_the_check(results):
+    consistent(results)
+    path = results / "seed0" / "sgd" / "metrics.json"
     data = json.loads(path.read_text())
     del data["provenance"]["machine"]["isa"]
     path.write_text(json.dumps(data))
-    assert regenerate.check(str(tmp_path)) == ["results/seed0/sgd/metrics.json: records no ISA or XLA flags (made "
+    assert regenerate.check(str(results)) == ["results/seed0/sgd/metrics.json: records no ISA or XLA flags (made "
                                                "before they were recorded)"]
 
 
