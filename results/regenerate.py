@@ -2,7 +2,7 @@
 
     python results/regenerate.py --list              # the parts, what each writes, how long it took
     python results/regenerate.py paths step_sizes    # regenerate two parts
-    python results/regenerate.py all                 # everything (about 2 h on 2 CPU cores)
+    python results/regenerate.py all                 # everything (about 2.6 h on 2 CPU cores)
     python results/regenerate.py --check             # one code version; the digits from one kind of CPU?
     python results/regenerate.py --verify seed0      # rerun a cheap slice of a part: the same digits?
 
