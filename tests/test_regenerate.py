@@ -74,6 +74,22 @@ def test_check_names_each_kind_of_problem(results, change, expected):
     assert any(expected in line for line in problems), problems
 
 
+def test_check_compares_a_module_in_a_subfolder_with_the_tree(results):
+    """plumbing/cli.py, as provenance names it (relative to the repository root): equal, then changed."""
+    consistent(results)
+    (results.parent / "plumbing").mkdir()
+    (results.parent / "plumbing" / "cli.py").write_bytes(TREE)
+    write(results, "paths/paths.json", EPYC, digest=TREE_DIGEST)
+    data = json.loads((results / "paths" / "paths.json").read_text())
+    data["provenance"]["code"]["files"]["plumbing/cli.py"] = TREE_DIGEST
+    (results / "paths" / "paths.json").write_text(json.dumps(data))
+    assert regenerate.check(str(results)) == []
+    (results.parent / "plumbing" / "cli.py").write_text("def flags(): ...\n")
+    assert regenerate.check(str(results)) == [
+        f"plumbing/cli.py: 1 files ran it at {TREE_DIGEST}, e.g. results/paths/paths.json, but the tree's is at "
+        f"{regenerate.tree_digest(str(results.parent), 'plumbing/cli.py')}: regenerate them"]
+
+
 def test_a_file_made_before_the_isa_was_recorded_fails_the_check(results):
     consistent(results)
     path = results / "seed0" / "sgd" / "metrics.json"
