@@ -162,11 +162,11 @@ def tree_digest(root, module):
         return hashlib.sha256(f.read()).hexdigest()[:16]
 
 
-def check(folder, root=None):
+def check(folder):
     """-> the problems of results/ ([line, ...]): files with no provenance or no part, more than one code
-    version, a version that is not the code of the tree at root (default: folder's parent), digit files from
-    CPUs of different ISAs (or XLA flags), timing files from different machines."""
-    root = os.path.dirname(os.path.abspath(folder)) if root is None else root
+    version, a version that is not the code of the tree folder sits in, digit files from CPUs of different
+    ISAs (or XLA flags), timing files from different machines."""
+    root = os.path.dirname(os.path.abspath(folder))
     problems, timing_machines, digits, modules = [], {}, {}, {}
     for path in files_under(folder):
         shown = os.path.join("results", os.path.relpath(path, folder))
